@@ -1,0 +1,38 @@
+# The two commands of the README. Both create .venv and install the pinned project from scratch when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# No model or dataset hub here: libraries must never wait on one.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: test book data venv lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and exactly pinned: where a local CPU wheel exists this takes it, not the CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	@# pytest's exit code 5 (no test collected) is a broken suite, not a pass
+	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: the suite is broken" >&2; exit 1; fi; \
+	exit $$rc
+
+data: $(STAMP)
+	$(BIN)/ntng data
+
+book: data
+	$(BIN)/ntng book
+
+lint: $(STAMP)
+	$(BIN)/ruff check ntng tests
+
+clean:
+	rm -rf $(VENV) _build book/_build .pytest_cache

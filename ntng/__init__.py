@@ -1,0 +1,30 @@
+"""ntng: No Train No Gain, re-evaluated.
+
+Efficient-training methods for BERT and T5 under a fixed Reference System Time (RST) budget. Everything the CLI
+does is a plain function here first; heavy modules (torch, datasets) load on first use so `ntng --help` is quick.
+"""
+
+from importlib import import_module
+
+from .errors import NtngError, RunError, UsageError
+from .presets import METHODS, MODELS, PRESETS, get_preset, parse_budget
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access
+_LAZY = {
+    "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
+    "build_model": "models",
+    "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = import_module(f".{_LAZY[name]}", __name__)
+        return module if name == _LAZY[name] else getattr(module, name)
+    raise AttributeError(f"module 'ntng' has no attribute {name!r}")
+
+
+__all__ = ["NtngError", "RunError", "UsageError", "METHODS", "MODELS", "PRESETS", "get_preset", "parse_budget",
+           *_LAZY]

@@ -1,0 +1,173 @@
+"""`ntng`: the command line, a thin layer over the package's functions.
+
+Bad input -> one line `ntng: error: ...` on stderr, exit 2, nothing written. A failure while working -> exit 1
+with a one-line reason. Subcommands whose work arrives with a later issue say so plainly (exit 2) rather than
+pretend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import NtngError, UsageError
+from .presets import DEFAULT_PRESET, METHODS, MODELS, PRESETS, parse_budget
+
+PROG = "ntng"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`ntng: error: ...`) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(message)
+
+
+def _budget(text: str) -> str:
+    parse_budget(text)  # validate early; the value stays a string (it names run directories)
+    return text
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"no such file: {text}")
+    return path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"bad seed {text!r}: expected a whole number >= 0") from None
+    if value < 0:
+        raise UsageError(f"bad seed {value}: expected a whole number >= 0")
+    return value
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="No Train No Gain, re-evaluated: efficient training methods under "
+                           "a fixed Reference System Time (RST) budget.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    presets = list(PRESETS)
+
+    p = sub.add_parser("data", help="fetch + build corpus, tasks, tokenizers (idempotent)",
+                       description="Fetch the pinned npm tarballs, verify them, build the pre-training corpus, the "
+                       "labelled tasks, the tokenizers and the packed sequences under the data directory. A second "
+                       "call does nothing.")
+    p.add_argument("--data-dir", type=Path, default=None, help="where to build (default ./data or $NTNG_DATA_DIR)")
+    p.add_argument("--preset", choices=presets, default=None,
+                   help="build the tokenizers/packings this preset needs (default: smoke and mini)")
+    p.add_argument("--corpus", choices=("offline", "c4"), default="offline",
+                   help="pre-training corpus: the offline npm mix (default) or allenai/c4 streamed through "
+                   "`datasets` (needs network access to the hub)")
+    p.add_argument("--c4-source", default="allenai/c4", help="hub id or local mirror of C4 (default allenai/c4)")
+    p.add_argument("--c4-docs", type=_positive_int, default=200_000, help="C4 training documents to take")
+
+    p = sub.add_parser("calibrate", help="measure an RST table on this machine",
+                       description="Measure seconds per unit of work on this machine and write an RST table.")
+    p.add_argument("--preset", choices=presets, required=True)
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+
+    p = sub.add_parser("pretrain", help="one budgeted pre-training run",
+                       description="Pre-train one model with one method under an RST budget into a run directory.")
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--budget", type=_budget, required=True, help="RST budget with a unit: 20s, 10m, 6h")
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", type=Path, default=None, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--rst-table", type=_existing_file, default=None, help="charge with this RST table (JSON)")
+    p.add_argument("--free-scoring", action="store_true", help="ablation: selection scoring passes cost no RST")
+    p.add_argument("--free-hessian", action="store_true", help="ablation: Sophia's Hessian passes cost no RST")
+
+    p = sub.add_parser("finetune", help="fine-tune a pre-trained run on downstream tasks",
+                       description="Fine-tune a pre-trained run's model on the downstream tasks.")
+    p.add_argument("--run", type=Path, required=True, help="a complete run directory")
+    p.add_argument("--task", nargs="+", default=None, help="tasks (default: the offline suite)")
+
+    p = sub.add_parser("sweep", help="run the grid of notebooks with papermill",
+                       description="Run models x methods x budgets x seeds through notebooks/pretrain.ipynb.")
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--models", nargs="+", choices=MODELS, default=None)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
+    p.add_argument("--budgets", nargs="+", type=_budget, default=None)
+    p.add_argument("--seeds", nargs="+", type=_seed, default=None)
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--jobs", type=_positive_int, default=1)
+    p.add_argument("--results", type=Path, default=Path("results"))
+
+    p = sub.add_parser("book", help="build the Jupyter Book from the run records",
+                       description="Run the preset's grid if missing, then build the HTML book.")
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--results", type=Path, default=Path("results"))
+    return parser
+
+
+# The issues that bring each command's work; until then the command says so (exit 2) instead of pretending.
+NOT_YET = {
+    "calibrate": "issue 3 (RST clock and calibration)",
+    "pretrain": "issue 3 (the budgeted training loop)",
+    "finetune": "issue 8 (downstream evaluation)",
+    "sweep": "issue 7 (the papermill grid)",
+    "book": "issue 9 (the Jupyter Book)",
+}
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    manifest = data.build_data(args.data_dir, presets=data.presets_for_cli(args.preset), corpus=args.corpus,
+                               c4_source=args.c4_source, c4_docs=args.c4_docs, log=lambda m: print(f"ntng data: {m}"))
+    where = args.data_dir or data.default_data_dir()
+    if not manifest["changed"]:
+        print(f"ntng data: {where} is up to date (nothing to do)")
+        return 0
+    info = manifest["corpora"][args.corpus]["corpus"]
+    tokens = {k[7:]: v for k, v in info.items() if k.startswith("tokens_")}
+    token_text = "; ".join(f"{n:,} tokens ({name}, all splits)" for name, n in
+                           ((name, sum(c.values())) for name, c in tokens.items()))
+    print(f"ntng data: built {where} in {manifest['built_seconds']} s: "
+          f"{info['train']['characters'] + info['validation']['characters']:,} characters in "
+          f"{info['train']['documents'] + info['validation']['documents']:,} documents; {token_text}; "
+          f"see {Path(where) / 'README.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not (args.command == "data" and args.corpus == "c4"):
+            # no model or dataset hub here: never let a library wait on one
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        if args.command in NOT_YET:
+            raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
+        return {"data": cmd_data}[args.command](args)
+    except NtngError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

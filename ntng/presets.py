@@ -1,0 +1,127 @@
+"""Presets: the sizes of everything that depends on the scale of an experiment.
+
+`paper` mirrors the study (crammed BERT 16x768 on an RTX 3090, t5-v1.1-base on an A100); `smoke` and `mini` are
+the CPU scales. Training hyper-parameters that the paper fixes (betas, eps, clipping...) live with the training
+loop; what changes with scale lives here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class BertShape:
+    num_layers: int  # encoder blocks; divisible by 4 so layer stacking can run L/4 -> L/2 -> L
+    hidden: int
+    heads: int
+    intermediate: int
+    seq_len: int = 128  # the paper's (crammed BERT) sequence length, [CLS] and [SEP] included
+    micro_batch: int = 128  # sequences per forward/backward pass; the RST table is per micro-batch
+    grad_accum: int = 12  # micro-batches per optimizer step: 12 x 128 = the paper's 1536
+    mlm_probability: float = 0.15
+
+    @property
+    def batch(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+@dataclass(frozen=True)
+class T5Shape:
+    num_layers: int  # blocks in the encoder and, as many again, in the decoder; divisible by 4 for stacking
+    d_model: int
+    d_kv: int
+    heads: int
+    d_ff: int
+    input_len: int = 512  # encoder input length after span corruption (the raw window is longer, see collate)
+    micro_batch: int = 144  # sequences per forward/backward pass
+    grad_accum: int = 1  # the paper's T5 table is per optimizer step of 144 sequences
+    noise_density: float = 0.15
+    mean_span: float = 3.0
+    feed_forward_proj: str = "gated-gelu"  # t5 v1.1
+
+    @property
+    def batch(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vocab_size: int  # both tokenizers (WordPiece for BERT, Unigram incl. 100 sentinels for T5)
+    bert: BertShape
+    t5: T5Shape
+    budgets: tuple[str, str, str]  # default budgets, ratio 1:2:4 like the paper's 6/12/24 h
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        vocab_size=8192,  # REFERENCE.md: ~6.3M WordPiece tokens at 8k; small vocab keeps the embedding cheap
+        bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
+        t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
+        budgets=("20s", "40s", "80s"),
+        description="tiny models: the whole default grid and the book build in ~15-20 min on 2 CPU cores",
+    ),
+    "mini": Preset(
+        name="mini",
+        vocab_size=8192,
+        bert=BertShape(num_layers=8, hidden=256, heads=4, intermediate=1024, micro_batch=32, grad_accum=4),
+        t5=T5Shape(num_layers=8, d_model=256, d_kv=64, heads=4, d_ff=640, input_len=128, micro_batch=32,
+                   grad_accum=2),
+        budgets=("5m", "10m", "20m"),
+        description="small models that learn something real on a CPU; one seed of the grid within ~3 hours",
+    ),
+    "paper": Preset(
+        name="paper",
+        vocab_size=32768,  # crammed BERT's vocabulary; t5-v1.1 uses 32128, rounded here to one size for both
+        bert=BertShape(num_layers=16, hidden=768, heads=12, intermediate=3072),
+        t5=T5Shape(num_layers=12, d_model=768, d_kv=64, heads=12, d_ff=2048),
+        budgets=("6h", "12h", "24h"),
+        description="crammed BERT 16x768 and t5-v1.1-base with the paper's RST tables; needs a GPU",
+    ),
+}
+
+MODELS = ("bert", "t5")
+DEFAULT_PRESET = "smoke"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+
+
+METHODS = ("baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss", "lion", "sophia")
+
+_BUDGET = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>[smh])")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_BUDGET_SECONDS = 365 * 24 * 3600.0  # a year of reference-machine time: anything more is a typo
+
+
+def parse_budget(text: str) -> float:
+    """An RST budget such as '20s', '10m', '6h' -> seconds. Unit required; positive; at most a year."""
+    match = _BUDGET.fullmatch(str(text).strip())
+    if not match:
+        raise UsageError(f"bad budget {text!r}: give a positive number with a unit s, m or h (e.g. 20s, 10m, 6h)")
+    seconds = float(match["value"]) * _UNIT_SECONDS[match["unit"]]
+    if not (0 < seconds <= MAX_BUDGET_SECONDS):
+        raise UsageError(f"bad budget {text!r}: must be above 0 and at most a year of RST")
+    return seconds
+
+
+def format_budget(seconds: float) -> str:
+    """The inverse of parse_budget for whole units: 1200 -> '20m' (used in run directory names)."""
+    for unit in ("h", "m"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{seconds:g}s"
