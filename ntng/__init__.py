@@ -27,4 +27,4 @@ def __getattr__(name):
 
 
 __all__ = ["NtngError", "RunError", "UsageError", "METHODS", "MODELS", "PRESETS", "get_preset", "parse_budget",
-           *_LAZY]
+           "build_data", "load_packed", "load_task", "load_tokenizer", "build_model"]

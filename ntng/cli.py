@@ -21,7 +21,7 @@ PROG = "ntng"
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`ntng: error: ...`) and exit code 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's hook
+    def error(self, message: str):
         raise UsageError(message)
 
 

@@ -21,9 +21,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def split_by_document(doc_ids: list[str], groups: list[str], fraction: float, se
     """
     held_out: set[str] = set()
     by_group: dict[str, list[str]] = {}
-    for doc_id, group in zip(doc_ids, groups):
+    for doc_id, group in zip(doc_ids, groups, strict=True):
         by_group.setdefault(group, []).append(doc_id)
     for group in sorted(by_group):
         ids = sorted(by_group[group])
@@ -207,7 +207,8 @@ def read_c4(source: str = C4_SOURCE, max_train_docs: int = 200_000, max_validati
     try:
         stream = datasets.load_dataset(source, data_files=data_files or C4_FILES, streaming=True)
     except Exception as exc:  # the hub's errors are many; the user needs one line
-        raise RunError(f"cannot open C4 at {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunError(f"cannot open C4 at {source}: {reason}") from exc
     docs = []
     for split, limit in (("train", max_train_docs), ("validation", max_validation_docs)):
         for i, row in enumerate(stream[split]):
@@ -246,6 +247,11 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int):
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(vocab.BERT_SPECIALS),
                                         show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The trainer's id order varies from run to run (hash-map order on ties) even when the learned vocabulary is
+    # the same; WordPiece segmentation depends only on the set, so a canonical order makes the ids reproducible.
+    learned = tok.get_vocab()
+    ordered = list(vocab.BERT_SPECIALS) + sorted(t for t in learned if t not in vocab.BERT_SPECIALS)
+    tok.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab.BERT_CLS), ("[SEP]", vocab.BERT_SEP)])
@@ -357,6 +363,12 @@ def build_packed(corpus, tok, model: str, width: int):
         "train": pack_split(corpus["train"]["text"], tok, model, width, 0),
         "validation": pack_split(corpus["validation"]["text"], tok, model, width, VALIDATION_ID_OFFSET),
     })
+
+
+def windows_array(split) -> tuple[np.ndarray, np.ndarray]:
+    """(example_ids [N], input_ids [N, width]) of one packed split, as numpy arrays."""
+    rows = split.with_format("numpy")[:]
+    return rows["example_id"], rows["input_ids"]
 
 
 def fingerprint_windows(dataset) -> str:
@@ -486,6 +498,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                 tok.save(str(tmp))
                 os.replace(tmp, tok_path)
                 entry["tokenizers"][name] = {"model": model, "vocab_size": tok.get_vocab_size(),
+                                             "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest()[:16],
                                              "seconds": round(time.perf_counter() - t0, 1)}
                 entry["packed"] = {k: v for k, v in entry["packed"].items() if not k.startswith(name + "-")}
                 changed = True
@@ -520,7 +533,7 @@ def _describe_corpus(dataset) -> dict:
     out = {}
     for split in dataset:
         sources: dict[str, dict] = {}
-        for source, text in zip(dataset[split]["source"], dataset[split]["text"]):
+        for source, text in zip(dataset[split]["source"], dataset[split]["text"], strict=True):
             s = sources.setdefault(source, {"documents": 0, "characters": 0})
             s["documents"] += 1
             s["characters"] += len(text)
