@@ -8,7 +8,7 @@ loop; what changes with scale lives here.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .errors import UsageError
 
@@ -49,14 +49,44 @@ class T5Shape:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The baseline's training recipe for one model (REFERENCE.md), scaled where the preset says so."""
+
+    optimizer: str  # "adamw" (BERT) or "adamw_scale" (T5: Adam step scaled by max(1e-3, RMS(param)))
+    lr: float  # peak learning rate; the schedule multiplies it
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float  # never on biases and LayerNorm weights
+    grad_clip: float  # max global gradient norm
+    schedule: str  # "one_cycle" (BERT) or "cosine_budget" (T5); both decay fully at the end of the budget
+    eval_sequences: int  # fixed validation windows evaluated at every eval point (evaluation costs no RST)
+    eval_points: int = 10  # evaluations at k/eval_points of the budget, k = 1..eval_points, plus one at the start
+    checkpoint_every: float = 0.1  # budget fraction between checkpoints: a kill loses at most this share
+
+
+BERT_PAPER_RECIPE = Recipe(optimizer="adamw", lr=1e-3, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01,
+                           grad_clip=0.5, schedule="one_cycle", eval_sequences=2048)
+T5_PAPER_RECIPE = Recipe(optimizer="adamw_scale", lr=2e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+                         grad_clip=1.0, schedule="cosine_budget", eval_sequences=1152)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     vocab_size: int  # both tokenizers (WordPiece for BERT, Unigram incl. 100 sentinels for T5)
     bert: BertShape
     t5: T5Shape
     budgets: tuple[str, str, str]  # default budgets, ratio 1:2:4 like the paper's 6/12/24 h
+    bert_recipe: Recipe = BERT_PAPER_RECIPE
+    t5_recipe: Recipe = T5_PAPER_RECIPE
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def shape(self, model: str) -> BertShape | T5Shape:
+        return self.bert if model == "bert" else self.t5
+
+    def recipe(self, model: str) -> Recipe:
+        return self.bert_recipe if model == "bert" else self.t5_recipe
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +99,9 @@ PRESETS: dict[str, Preset] = {
         bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
         t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
         budgets=("20s", "40s", "80s"),
+        # the paper's recipes; a small batch (32 / 16 sequences) still trains stably at these peaks in 20-80 s
+        bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=128),
+        t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=128),
         description="tiny models: the whole default grid and the book build in ~15-20 min on 2 CPU cores",
     ),
     "mini": Preset(
@@ -78,6 +111,8 @@ PRESETS: dict[str, Preset] = {
         t5=T5Shape(num_layers=8, d_model=256, d_kv=64, heads=4, d_ff=640, input_len=128, micro_batch=32,
                    grad_accum=2),
         budgets=("5m", "10m", "20m"),
+        bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=512),
+        t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=512),
         description="small models that learn something real on a CPU; one seed of the grid within ~3 hours",
     ),
     "paper": Preset(

@@ -1,0 +1,96 @@
+"""The hooks through which a method changes training, and the run state they may touch.
+
+The loop, per optimizer step:
+
+    method.begin_step(run)                        # e.g. grow the model (layer stacking)
+    for each micro-batch:
+        batch  = method.next_microbatch(run)      # e.g. score candidates and keep some (batch selection)
+        layers = method.active_layers(run)        # e.g. drop blocks (layer dropping); None = all
+        clock.charge_train(len(layers))           # charged before the work
+        forward, backward
+    clip, optimizer.step(), clock.charge_optimizer(method.rst_optimizer)
+    method.end_step(run)                          # e.g. extra passes (Sophia's Hessian estimate)
+
+`build_optimizer` chooses the optimizer. Hooks may charge the clock for extra work (scoring passes at forward
+cost, Hessian passes at forward+backward cost); they never run a loop of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..optim import build_optimizer
+from ..presets import Preset
+
+
+@dataclass
+class Run:
+    """What the hooks may read and change. Owned by the loop."""
+
+    model: Any  # ntng.models.BertMLM | T5SpanModel
+    optimizer: torch.optim.Optimizer | None
+    clock: Any  # ntng.rst.RSTClock
+    batches: Any  # ntng.batches.BatchStream
+    preset: Preset
+    model_name: str
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches trained on
+    extra: dict = field(default_factory=dict)  # per-step values a method wants logged
+
+
+class Method:
+    """The baseline's behaviour; methods override what they change."""
+
+    name = "baseline"
+    card = ""  # a short method card (what, where from, hyper-parameters, survey category), shown in the book
+
+    def __init__(self, model: str, preset: Preset, **options):
+        if options:
+            raise TypeError(f"{self.name} takes no options, got {sorted(options)}")
+        self.model_name = model
+        self.preset = preset
+        self.recipe = preset.recipe(model)
+
+    # --- settings ----------------------------------------------------------------------------------------
+    @property
+    def rst_optimizer(self) -> str:
+        """The optimizer's key in the RST table ('adamw' covers T5's AdamWScale, as in the paper's table)."""
+        return "adamw"
+
+    def settings(self) -> dict:
+        """Method hyper-parameters, recorded in config.json."""
+        return {}
+
+    # --- hooks -------------------------------------------------------------------------------------------
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        r = self.recipe
+        return build_optimizer(r.optimizer, model, r.lr, r.betas, r.eps, r.weight_decay)
+
+    def bind(self, run: Run) -> None:
+        """Called once the model, optimizer and clock exist (and again after a resume)."""
+
+    def begin_step(self, run: Run) -> None:
+        """Before each optimizer step."""
+
+    def next_microbatch(self, run: Run) -> dict:
+        return run.batches.next()
+
+    def active_layers(self, run: Run) -> list[int] | None:
+        return None
+
+    def end_step(self, run: Run) -> None:
+        """After each optimizer step."""
+
+    def stats(self) -> dict:
+        """method_stats for summary.json."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict, run: Run) -> None:
+        """Restore from `state_dict()` on resume. Called after the model and optimizer are built and before
+        their weights are loaded, so a method that reshapes the model (stacking) reshapes it here first."""

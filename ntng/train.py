@@ -1,0 +1,455 @@
+"""The one budgeted training loop, for BERT and T5 and every method.
+
+`pretrain(...)` validates everything first (bad input -> UsageError, nothing written), then trains until the RST
+clock reaches the budget, evaluating the validation loss at fixed fractions of the budget (evaluation costs no
+RST) and writing the run directory of CONTRACT.md. Methods change training only through the hooks of
+`ntng.methods.base.Method`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .batches import BatchStream, make_collator
+from .errors import RunError, UsageError
+from .methods import Method, Run, build_method
+from .models import build_model, count_parameters, model_config_dict
+from .presets import METHODS, MODELS, Preset, format_budget, get_preset, parse_budget
+from .records import RunDir
+from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
+from .schedules import SCHEDULES
+
+EVAL_MASK_SEED = 20230711  # one fixed masking of the validation windows, shared by every run: losses compare
+
+
+@dataclass
+class PretrainSpec:
+    """Everything a run is, resolved and validated before any file is written."""
+
+    model: str
+    method: str
+    budget: str
+    budget_rst_s: float
+    preset: Preset
+    seed: int
+    out_dir: Path
+    resume: bool
+    table: RSTTable
+    table_path: str
+    free_scoring: bool
+    free_hessian: bool
+    data_dir: Path
+    corpus: str
+    method_options: dict
+
+    def identity(self) -> dict:
+        """What must match for --resume to continue this run."""
+        return {"model": self.model, "method": self.method, "budget_rst_s": self.budget_rst_s,
+                "preset": self.preset.name, "seed": self.seed, "rst_table": self.table.name,
+                "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
+                "method_options": self.method_options}
+
+
+def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int, results: Path | str = "results"):
+    return Path(results) / preset / model / method / format_budget(parse_budget(budget)) / f"seed{seed}"
+
+
+def resolve(model: str, method: str, budget: str | float, preset: str | Preset = "smoke", seed: int = 0,
+            out_dir: str | Path | None = None, resume: bool = False, rst_table: str | Path | None = None,
+            free_scoring: bool = False, free_hessian: bool = False, data_dir: str | Path | None = None,
+            corpus: str = "offline", method_options: dict | None = None) -> PretrainSpec:
+    """Check every argument; raise UsageError naming the first bad one. Writes nothing."""
+    if model not in MODELS:
+        raise UsageError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
+    budget_text = budget if isinstance(budget, str) else f"{float(budget):g}s"
+    budget_s = parse_budget(budget_text)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"bad seed {seed!r}: expected a whole number >= 0")
+    if rst_table is not None:
+        table, table_path = load_table(rst_table), str(rst_table)
+    else:
+        table, table_path = shipped_table(preset_obj.name, model), str(shipped_table_path(preset_obj.name, model))
+    check_table_fits(table, model, preset_obj)
+    data_dir = Path(data_dir or data_mod.default_data_dir())
+    packed = data_dir / corpus / "packed" / data_mod.packing_name(model, preset_obj)
+    if not packed.exists():
+        raise UsageError(f"no packed data at {packed}: run `ntng data` first"
+                         + (f" (with --preset {preset_obj.name})" if preset_obj.name == "paper" else ""))
+    out = Path(out_dir) if out_dir is not None else default_run_dir(preset_obj.name, model, method, budget_text, seed)
+    _check_writable(out)
+    spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
+                        seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
+                        free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
+                        method_options=dict(method_options or {}))
+    build_method(method, model, preset_obj, **spec.method_options)  # validates the method's settings now
+    run_dir = RunDir(out)
+    if resume:
+        if not run_dir.config_path.exists() or not run_dir.checkpoint_path.exists():
+            raise UsageError(f"nothing to resume in {out} (no config.json and checkpoint.pt)")
+        previous = run_dir.read_config().get("identity")
+        if previous != _jsonish(spec.identity()):
+            diff = sorted(k for k in spec.identity() if (previous or {}).get(k) != _jsonish(spec.identity())[k])
+            raise UsageError(f"--resume of {out} with a different config ({', '.join(diff) or 'unknown'} differ)")
+    elif run_dir.summary_path.exists() or run_dir.checkpoint_path.exists():
+        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return spec
+
+
+def _jsonish(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _check_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UsageError(f"cannot write the run directory {out}: {probe} is not a writable directory")
+
+
+def check_table_fits(table: RSTTable, model: str, preset: Preset) -> None:
+    shape = preset.shape(model)
+    if table.model != model:
+        raise UsageError(f"RST table {table.name} is for {table.model}, not {model}")
+    if table.num_layers < shape.num_layers:
+        raise UsageError(f"RST table {table.name} covers {table.num_layers} layers; {model} at preset "
+                         f"{preset.name} has {shape.num_layers}")
+    sequences = table.micro_batch.get("sequences")
+    if sequences is not None and sequences != shape.micro_batch:
+        raise UsageError(f"RST table {table.name} prices micro-batches of {sequences} sequences; preset "
+                         f"{preset.name} trains {model} on micro-batches of {shape.micro_batch}")
+
+
+# --- device and precision --------------------------------------------------------------------------------
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (elsewhere bf16 autocast is emulated and slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware runs it natively, else fp32 (None). NTNG_PRECISION=fp32 forces fp32."""
+    if os.environ.get("NTNG_PRECISION", "").lower() == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def describe_machine(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device.type}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in ("ntng", "torch", "transformers", "tokenizers", "datasets", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+def _tokens_per_sequence(model: str, preset: Preset) -> int:
+    """Tokens a sequence feeds the encoder: BERT's window, T5's corrupted input (targets not counted)."""
+    return preset.bert.seq_len if model == "bert" else preset.t5.input_len
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class Trainer:
+    """Holds one run's state; `train()` runs it to the budget (or to divergence)."""
+
+    def __init__(self, spec: PretrainSpec, log=print):
+        self.spec = spec
+        self.log = log
+        self.device = pick_device()
+        self.amp_dtype = autocast_dtype(self.device)
+        self.run_dir = RunDir(spec.out_dir)
+        preset, model_name = spec.preset, spec.model
+        self.shape = preset.shape(model_name)
+        self.recipe = preset.recipe(model_name)
+        self.method: Method = build_method(spec.method, model_name, preset, **spec.method_options)
+        self.schedule = SCHEDULES[self.recipe.schedule]
+
+        tokenizer = data_mod.load_tokenizer(model_name, preset.vocab_size, spec.data_dir, spec.corpus)
+        self.vocab_size = tokenizer.get_vocab_size()
+        packed = data_mod.load_packed(model_name, preset, spec.data_dir, spec.corpus)
+        train_ids, train_windows = data_mod.windows_array(packed["train"])
+        val_ids, val_windows = data_mod.windows_array(packed["validation"])
+        self.data_fingerprint = data_mod.fingerprint_windows(packed["train"])
+
+        torch.manual_seed(spec.seed)  # model initialisation
+        model = build_model(model_name, preset, vocab_size=self.vocab_size).to(self.device)
+        batches = BatchStream(train_ids, train_windows, self.shape.micro_batch,
+                              make_collator(model_name, preset, self.vocab_size, seed=spec.seed * 1_000_003 + 1),
+                              seed=spec.seed)
+        free = tuple(k for k, on in (("scoring", spec.free_scoring), ("hessian", spec.free_hessian)) if on)
+        clock = RSTClock(spec.table, spec.budget_rst_s, free=free)
+        self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
+                       model_name=model_name)
+        self.method.bind(self.run)  # may reshape the model (e.g. start stacking from L/4 blocks)
+        self.run.optimizer = self.method.build_optimizer(self.run.model)
+        self.eval_batches = self._eval_batches(val_windows, val_ids)
+
+        self.tokens = 0
+        self.wall_s = 0.0  # wall time spent in training steps (evaluation and checkpoints excluded)
+        self.evals: list[dict] = []
+        self.next_eval = 0  # index into eval_fractions
+        self.next_checkpoint = 1
+        self.layer_sum = 0  # active layers summed over micro-batches: mean depth
+        self.eval_fractions = [k / self.recipe.eval_points for k in range(0, self.recipe.eval_points + 1)]
+
+    # --- evaluation --------------------------------------------------------------------------------------
+    def _eval_batches(self, windows, ids) -> list[dict]:
+        wanted = min(self.recipe.eval_sequences, len(windows))
+        size = min(self.shape.micro_batch, wanted)
+        if size == 0:
+            raise RunError("the validation split has no windows")
+        collator = make_collator(self.spec.model, self.spec.preset, self.vocab_size, seed=EVAL_MASK_SEED)
+        stream = torch.from_numpy(windows[: wanted - wanted % size]).long()
+        out = []
+        for start in range(0, len(stream), size):
+            batch = collator(stream[start:start + size])
+            batch["example_ids"] = torch.from_numpy(ids[start:start + size])
+            out.append(batch)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        model = self.run.model
+        model.eval()
+        losses = []
+        for batch in self.eval_batches:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                losses.append(model(_to_device(batch, self.device))["loss"].float())
+        model.train()
+        return float(torch.stack(losses).mean())
+
+    # --- records -----------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        spec = self.spec
+        return {
+            "identity": spec.identity(),
+            "model": spec.model, "method": spec.method, "preset": spec.preset.name, "seed": spec.seed,
+            "budget": spec.budget, "budget_rst_s": spec.budget_rst_s,
+            "rst_table": {"name": spec.table.name, "path": spec.table_path, "machine": spec.table.machine},
+            "free_scoring": spec.free_scoring, "free_hessian": spec.free_hessian,
+            "recipe": asdict(self.recipe), "method_settings": self.method.settings(),
+            "method_card": self.method.card,
+            "shape": asdict(self.shape), "preset_full": spec.preset.to_dict(),
+            "model_config": model_config_dict(self.run.model),
+            "data": {"dir": str(spec.data_dir), "corpus": spec.corpus,
+                     "packing": data_mod.packing_name(spec.model, spec.preset),
+                     "train_fingerprint": self.data_fingerprint, "vocab_size": self.vocab_size},
+            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "versions": package_versions(), "machine": describe_machine(self.device),
+        }
+
+    def summary(self, status: str, error: str | None = None) -> dict:
+        clock = self.run.clock
+        out = {
+            "status": status, "model": self.spec.model, "method": self.spec.method, "preset": self.spec.preset.name,
+            "seed": self.spec.seed, "budget_rst_s": self.spec.budget_rst_s, "rst_s": clock.rst_seconds,
+            "wall_s": self.wall_s, "steps": self.run.step, "micro_steps": self.run.micro_step,
+            "tokens": self.tokens,
+            "final_val_loss": self.evals[-1]["val_loss"] if self.evals and status == "complete" else None,
+            "evals": self.evals, "rst_breakdown": dict(clock.breakdown), "rst_units": dict(clock.units),
+            "method_stats": {"mean_active_layers": self.layer_sum / max(1, self.run.micro_step),
+                             **self.method.stats()},
+        }
+        if error:
+            out["error"] = error
+        return out
+
+    def _state(self) -> dict:
+        return {
+            "model": self.run.model.state_dict(), "optimizer": self.run.optimizer.state_dict(),
+            "clock": self.run.clock.state_dict(), "batches": self.run.batches.state_dict(),
+            "method": self.method.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "step": self.run.step, "micro_step": self.run.micro_step, "tokens": self.tokens, "wall_s": self.wall_s,
+            "evals": self.evals, "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
+            "layer_sum": self.layer_sum, "identity": self.spec.identity(),
+        }
+
+    def checkpoint(self) -> None:
+        self.run_dir.save_checkpoint(self._state())
+        self.run_dir.write_summary(self.summary("running"))
+
+    def restore(self) -> None:
+        state = self.run_dir.load_checkpoint()
+        self.method.load_state(state["method"], self.run)  # before weights: may reshape the model first
+        self.run.model.load_state_dict(state["model"])
+        self.run.optimizer.load_state_dict(state["optimizer"])
+        self.run.clock.load_state_dict(state["clock"])
+        self.run.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.run.step, self.run.micro_step = state["step"], state["micro_step"]
+        self.tokens, self.wall_s, self.evals = state["tokens"], state["wall_s"], state["evals"]
+        self.next_eval, self.next_checkpoint = state["next_eval"], state["next_checkpoint"]
+        self.layer_sum = state["layer_sum"]
+        self.run_dir.truncate_metrics(self.run.step)
+        self.log(f"resumed at step {self.run.step}, {self.run.clock.rst_seconds:.1f}/{self.spec.budget_rst_s:g} s RST")
+
+    # --- training ----------------------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        """lr = peak x schedule(t/T). A group's peak is its lr when it joined the optimizer (kept in the group,
+        so it survives a checkpoint; groups added later, e.g. by stacking, join at their peak)."""
+        multiplier = self.schedule(self.run.clock.budget_fraction)
+        for group in self.run.optimizer.param_groups:
+            group.setdefault("peak_lr", group["lr"])
+            group["lr"] = group["peak_lr"] * multiplier
+        return self.run.optimizer.param_groups[0]["lr"]
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step; returns (mean micro-batch loss, lr, mean active layers)."""
+        run, method, clock = self.run, self.method, self.run.clock
+        method.begin_step(run)
+        lr = self._set_lr()
+        accum = self.shape.grad_accum
+        loss_sum = 0.0
+        layers_in_step = 0
+        for _ in range(accum):
+            batch = method.next_microbatch(run)
+            layers = method.active_layers(run)
+            depth = run.model.num_layers if layers is None else len(layers)
+            clock.charge_train(depth)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out = run.model(_to_device(batch, self.device), active_layers=layers)
+            (out["loss"] / accum).backward()
+            loss_sum += out["loss"].item()
+            layers_in_step += depth
+            run.micro_step += 1
+            self.tokens += batch["input_ids"].shape[0] * _tokens_per_sequence(self.spec.model, self.spec.preset)
+        if self.recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), self.recipe.grad_clip)
+        run.optimizer.step()
+        clock.charge_optimizer(method.rst_optimizer)
+        run.optimizer.zero_grad(set_to_none=True)
+        method.end_step(run)
+        run.step += 1
+        self.layer_sum += layers_in_step
+        return loss_sum / accum, lr, layers_in_step / accum
+
+    def _eval_due(self) -> bool:
+        return self.next_eval < len(self.eval_fractions) and (
+            self.run.clock.budget_fraction >= self.eval_fractions[self.next_eval] or self.run.clock.exhausted)
+
+    def _record_eval(self, row: dict) -> None:
+        val = self.evaluate()
+        self.evals.append({"step": self.run.step, "rst_s": self.run.clock.rst_seconds, "val_loss": val})
+        row["val_loss"] = val
+        # one eval covers every fraction it has passed (a step may cross two points of a tiny budget)
+        while self.next_eval < len(self.eval_fractions) and (
+                self.run.clock.budget_fraction >= self.eval_fractions[self.next_eval] or self.run.clock.exhausted):
+            self.next_eval += 1
+        self.log(f"step {self.run.step:5d}  rst {self.run.clock.rst_seconds:8.1f}/{self.spec.budget_rst_s:g} s  "
+                 f"val_loss {val:.4f}  wall {self.wall_s:.1f} s")
+
+    def train(self, stop_after_steps: int | None = None) -> dict:
+        """Run to the budget. `stop_after_steps` stops early without completing (tests of resume use it)."""
+        spec, run, clock = self.spec, self.run, self.run.clock
+        if spec.resume:
+            self.restore()
+        else:
+            self.run_dir.create()
+            self.run_dir.write_config(self.config())
+            self.run_dir.start_metrics()
+            self.run_dir.write_summary(self.summary("running"))
+            row = {"step": 0, "rst_s": 0.0, "wall_s": 0.0, "tokens": 0}
+            self._record_eval(row)
+            self.run_dir.append_metrics(row)
+        steps_this_call = 0
+        while not clock.exhausted:
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                return self.summary("running")
+            started = time.perf_counter()
+            loss, lr, depth = self.train_step()
+            self.wall_s += time.perf_counter() - started
+            steps_this_call += 1
+            row = {"step": run.step, "rst_s": clock.rst_seconds, "wall_s": self.wall_s, "tokens": self.tokens,
+                   "train_loss": loss, "lr": lr, "active_layers": depth}
+            if not math.isfinite(loss):
+                self.run_dir.append_metrics(row)
+                error = f"non-finite training loss ({loss}) at step {run.step}, {clock.rst_seconds:.1f} s RST"
+                summary = self.summary("diverged", error)
+                self.run_dir.write_summary(summary)  # the last good checkpoint stays as it was
+                self.log(f"diverged: {error}")
+                return summary
+            if self._eval_due():
+                self._record_eval(row)
+            self.run_dir.append_metrics(row)
+            if not clock.exhausted and clock.budget_fraction >= self.next_checkpoint * self.recipe.checkpoint_every:
+                while clock.budget_fraction >= self.next_checkpoint * self.recipe.checkpoint_every:
+                    self.next_checkpoint += 1
+                self.checkpoint()
+        if self._eval_due():  # the end of the budget is always evaluated
+            self._record_eval({})
+        self.run_dir.save_checkpoint(self._state())
+        summary = self.summary("complete")
+        self.run_dir.write_summary(summary)
+        return summary
+
+
+def pretrain(model: str = "bert", method: str = "baseline", budget: str = "30s", preset: str = "smoke",
+             seed: int = 0, out_dir: str | Path | None = None, resume: bool = False,
+             rst_table: str | Path | None = None, free_scoring: bool = False, free_hessian: bool = False,
+             data_dir: str | Path | None = None, corpus: str = "offline", method_options: dict | None = None,
+             log=print) -> dict:
+    """Pre-train one model with one method under an RST budget; returns summary.json's content."""
+    spec = resolve(model, method, budget, preset, seed, out_dir, resume, rst_table, free_scoring, free_hessian,
+                   data_dir, corpus, method_options)
+    trainer = Trainer(spec, log=log)
+    log(f"{spec.model} / {spec.method} / {spec.budget} RST at preset {spec.preset.name}, seed {spec.seed}: "
+        f"{count_parameters(trainer.run.model):,} parameters, table {spec.table.name}, -> {spec.out_dir}")
+    try:
+        return trainer.train()
+    except (KeyboardInterrupt, UsageError):
+        raise
+    except Exception as exc:
+        summary = trainer.summary("failed", f"{type(exc).__name__}: {exc}")
+        trainer.run_dir.write_summary(summary)
+        raise RunError(f"run failed at step {trainer.run.step}: {type(exc).__name__}: {exc}") from exc
