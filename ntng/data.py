@@ -585,6 +585,6 @@ def render_manifest(manifest: dict) -> str:
 def presets_for_cli(name: str | None) -> list[str]:
     """`ntng data` builds for the CPU presets unless one is named (paper needs its own 32k vocabulary)."""
     if name is None:
-        return [p for p in PRESETS if p != "paper"]
+        return [p for p in PRESETS if p != "paper"]  # shipped CPU presets; a custom one is built when named
     get_preset(name)
     return [name]

@@ -7,8 +7,11 @@ loop; what changes with scale lives here.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -81,6 +84,11 @@ class Preset:
     t5_recipe: Recipe = T5_PAPER_RECIPE
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    table_preset: str | None = None  # whose shipped RST tables apply (a custom preset built on a shipped one)
+
+    @property
+    def rst_preset(self) -> str:
+        return self.table_preset or self.name
 
     def shape(self, model: str) -> BertShape | T5Shape:
         return self.bert if model == "bert" else self.t5
@@ -127,13 +135,54 @@ PRESETS: dict[str, Preset] = {
 
 MODELS = ("bert", "t5")
 DEFAULT_PRESET = "smoke"
+PRESETS_FILE_ENV = "NTNG_PRESETS_FILE"
+
+
+def load_custom_presets(path: str | Path) -> dict[str, Preset]:
+    """Presets from a JSON list, each a shipped preset with changes, e.g.
+
+        [{"name": "tiny", "base": "smoke", "vocab_size": 400, "t5": {"input_len": 32},
+          "bert_recipe": {"lr": 2e-3}}]
+
+    A custom preset is charged with its base's shipped RST tables (or a table passed with --rst-table)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read presets from {path}: {exc}") from None
+    out = {}
+    for entry in entries if isinstance(entries, list) else [None]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise UsageError(f"{path}: each preset must be an object with a 'name'")
+        entry = dict(entry)
+        name, base_name = entry.pop("name"), entry.pop("base", DEFAULT_PRESET)
+        if name in PRESETS:
+            raise UsageError(f"{path}: preset {name!r} would replace a shipped preset")
+        if base_name not in PRESETS:
+            raise UsageError(f"{path}: preset {name!r} has an unknown base {base_name!r}")
+        base = PRESETS[base_name]
+        try:
+            nested = {key: replace(getattr(base, key), **entry.pop(key, {}))
+                      for key in ("bert", "t5", "bert_recipe", "t5_recipe")}
+            if "budgets" in entry:
+                entry["budgets"] = tuple(entry["budgets"])
+            out[name] = replace(base, name=name, table_preset=base.rst_preset, **nested, **entry)
+        except TypeError as exc:
+            raise UsageError(f"{path}: preset {name!r}: {exc}") from None
+    return out
+
+
+def all_presets() -> dict[str, Preset]:
+    """The shipped presets plus any from $NTNG_PRESETS_FILE."""
+    path = os.environ.get(PRESETS_FILE_ENV)
+    return {**PRESETS, **load_custom_presets(path)} if path else dict(PRESETS)
 
 
 def get_preset(name: str) -> Preset:
+    presets = all_presets()
     try:
-        return PRESETS[name]
+        return presets[name]
     except KeyError:
-        raise UsageError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+        raise UsageError(f"unknown preset {name!r} (choose from {', '.join(presets)})") from None
 
 
 METHODS = ("baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss", "lion", "sophia")

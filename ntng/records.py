@@ -144,3 +144,12 @@ class RunDir:
             raise RunError(f"missing {self.checkpoint_path}: nothing to resume from") from None
         except Exception as exc:  # torch raises many kinds on a damaged file
             raise RunError(f"corrupt {self.checkpoint_path}: {type(exc).__name__}") from None
+
+
+def read_metrics(run_dir: str | Path):
+    """metrics.csv of a run as a pandas DataFrame (empty cells -> NaN)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "metrics.csv"
+    RunDir(Path(run_dir)).read_metrics()  # the same checks (exists, header) as every other reader
+    return pd.read_csv(path)

@@ -73,6 +73,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
+    build_method(method, model, preset_obj, **(method_options or {}))  # validates the method's settings now
     budget_text = budget if isinstance(budget, str) else f"{float(budget):g}s"
     budget_s = parse_budget(budget_text)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -80,7 +81,8 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if rst_table is not None:
         table, table_path = load_table(rst_table), str(rst_table)
     else:
-        table, table_path = shipped_table(preset_obj.name, model), str(shipped_table_path(preset_obj.name, model))
+        table = shipped_table(preset_obj.rst_preset, model)
+        table_path = str(shipped_table_path(preset_obj.rst_preset, model))
     check_table_fits(table, model, preset_obj)
     data_dir = Path(data_dir or data_mod.default_data_dir())
     packed = data_dir / corpus / "packed" / data_mod.packing_name(model, preset_obj)
@@ -88,12 +90,11 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
         raise UsageError(f"no packed data at {packed}: run `ntng data` first"
                          + (f" (with --preset {preset_obj.name})" if preset_obj.name == "paper" else ""))
     out = Path(out_dir) if out_dir is not None else default_run_dir(preset_obj.name, model, method, budget_text, seed)
-    _check_writable(out)
+    check_writable(out)
     spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
                         seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
                         free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
                         method_options=dict(method_options or {}))
-    build_method(method, model, preset_obj, **spec.method_options)  # validates the method's settings now
     run_dir = RunDir(out)
     if resume:
         if not run_dir.config_path.exists() or not run_dir.checkpoint_path.exists():
@@ -113,12 +114,19 @@ def _jsonish(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _check_writable(out: Path) -> None:
-    probe = out
+def check_writable(out: Path, is_file: bool = False) -> None:
+    """`out` (a run directory, or a file if `is_file`) can be written: it exists as such and is writable, or its
+    nearest existing ancestor is a writable directory."""
+    out = Path(out)
+    if out.exists():
+        if out.is_dir() == is_file or not os.access(out, os.W_OK):
+            raise UsageError(f"cannot write {out}: not a writable {'file' if is_file else 'directory'}")
+        return
+    probe = out.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UsageError(f"cannot write the run directory {out}: {probe} is not a writable directory")
+        raise UsageError(f"cannot write {out}: {probe} is not a writable directory")
 
 
 def check_table_fits(table: RSTTable, model: str, preset: Preset) -> None:
@@ -288,7 +296,7 @@ class Trainer:
     def summary(self, status: str, error: str | None = None) -> dict:
         clock = self.run.clock
         out = {
-            "status": status, "model": self.spec.model, "method": self.spec.method, "preset": self.spec.preset.name,
+            "status": status, "run_dir": str(self.spec.out_dir), "model": self.spec.model, "method": self.spec.method, "preset": self.spec.preset.name,
             "seed": self.spec.seed, "budget_rst_s": self.spec.budget_rst_s, "rst_s": clock.rst_seconds,
             "wall_s": self.wall_s, "steps": self.run.step, "micro_steps": self.run.micro_step,
             "tokens": self.tokens,

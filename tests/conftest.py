@@ -13,12 +13,23 @@ import json
 import os
 import random
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("NTNG_PRECISION", "fp32")  # exact, machine-independent numbers in tests
+
+TINY_VOCAB = 400
+# `tiny`: the smoke preset at a vocabulary the fixture corpus can fill, declared the way a user would declare a
+# custom preset (NTNG_PRESETS_FILE), so subprocesses (the CLI, papermill kernels) see it too.
+TINY_PRESET = {"name": "tiny", "base": "smoke", "vocab_size": TINY_VOCAB, "t5": {"input_len": 32},
+               "bert_recipe": {"eval_sequences": 32}, "t5_recipe": {"eval_sequences": 32}}
+_presets_dir = tempfile.mkdtemp(prefix="ntng-test-presets-")
+os.environ["NTNG_PRESETS_FILE"] = str(Path(_presets_dir) / "presets.json")
+Path(os.environ["NTNG_PRESETS_FILE"]).write_text(json.dumps([TINY_PRESET]))
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would", "who", "so", "no", "ship", "whale", "sea", "captain", "congress", "nation", "people", "government", "year", "war", "peace", "law", "trade", "money", "state", "union", "freedom", "river", "house", "bank", "market", "report", "jury", "election", "city", "court", "money", "school", "church", "music", "night", "morning", "letter", "house", "window", "garden", "engine", "station", "island", "mountain", "summer", "winter", "story", "friend", "mother", "father", "brother", "sister", "science", "theory", "method", "result", "energy", "motion", "sample", "email", "offer", "free", "click", "price", "order", "account"]
 SPAM_WORDS = ["free", "offer", "click", "money", "winner", "cash", "prize", "credit", "urgent", "limited", "deal", "buy", "now", "order"]
@@ -92,13 +103,9 @@ def fixture_sources(raw_dir: Path):
     return tuple(dataclasses.replace(s, integrity=src.sri_sha512(raw_dir / s.filename)) for s in src.SOURCES)
 
 
-TINY_VOCAB = 400
-
-
 @pytest.fixture
 def fixture_env(tmp_path, monkeypatch):
-    """A data dir whose raw/ holds the fixture tarballs, pins pointing at them, and a `tiny` preset."""
-    from ntng import presets
+    """A data dir whose raw/ holds the fixture tarballs, with the pins pointing at them."""
     from ntng import sources as src
 
     data_dir = tmp_path / "data"
@@ -108,17 +115,13 @@ def fixture_env(tmp_path, monkeypatch):
     monkeypatch.setattr(src, "STDLIB", pins[0])
     monkeypatch.setattr(src, "BROWN", pins[1])
     monkeypatch.setattr(src, "NLP_CORPUS", pins[2])
-    smoke = presets.PRESETS["smoke"]
-    tiny = dataclasses.replace(smoke, name="tiny", vocab_size=TINY_VOCAB,
-                               t5=dataclasses.replace(smoke.t5, input_len=32))
-    monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
     return data_dir
 
 
 @pytest.fixture(scope="session")
 def built_fixture(tmp_path_factory):
     """One fixture build shared by read-only tests (building takes a few seconds)."""
-    from ntng import data, presets
+    from ntng import data
     from ntng import sources as src
 
     mp = pytest.MonkeyPatch()
@@ -129,9 +132,6 @@ def built_fixture(tmp_path_factory):
     mp.setattr(src, "STDLIB", pins[0])
     mp.setattr(src, "BROWN", pins[1])
     mp.setattr(src, "NLP_CORPUS", pins[2])
-    smoke = presets.PRESETS["smoke"]
-    tiny = dataclasses.replace(smoke, name="tiny", vocab_size=TINY_VOCAB, t5=dataclasses.replace(smoke.t5, input_len=32))
-    mp.setitem(presets.PRESETS, "tiny", tiny)
     manifest = data.build_data(data_dir, presets=["tiny"], log=lambda m: None)
     yield data_dir, manifest
     mp.undo()

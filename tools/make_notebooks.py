@@ -1,0 +1,102 @@
+"""Writes the committed notebooks (no outputs) from the cell sources below: `python tools/make_notebooks.py`.
+
+Notebooks stay thin: a `parameters` cell (papermill), one call into ntng, a few plots. Keeping their source here
+makes review diffs readable and guarantees they are committed clean.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+          "language_info": {"name": "python"}}
+
+
+def parameters(source: str):
+    return new_code_cell(source.strip(), metadata={"tags": ["parameters"]})
+
+
+NOTEBOOKS = {
+    "pretrain.ipynb": [
+        new_markdown_cell("# Pre-train one model with one method under an RST budget\n\n"
+                          "Run it as is, or through papermill: `papermill notebooks/pretrain.ipynb out.ipynb "
+                          "-p model t5 -p budget 40s`. The run directory (config.json, metrics.csv, summary.json, "
+                          "checkpoint.pt) is written by `ntng.pretrain`, the same function as `ntng pretrain`."),
+        parameters('''
+model: str = "bert"  # bert | t5
+method: str = "baseline"  # baseline | layer_stacking | layer_dropping | selective_backprop | rho_loss | lion | sophia
+budget: str = "20s"  # RST budget with a unit: 20s, 10m, 6h
+preset: str = "smoke"  # smoke | mini | paper
+seed: int = 0  # seeds model initialisation, data order and masking
+out_dir: str = ""  # run directory; empty: results/<preset>/<model>/<method>/<budget>/seed<seed>
+resume: bool = False  # continue the interrupted run in out_dir
+rst_table: str = ""  # RST table JSON (from `ntng calibrate`) to charge with; empty: the preset's own table
+free_scoring: bool = False  # ablation: batch-selection scoring passes cost no RST
+free_hessian: bool = False  # ablation: Sophia's Hessian passes cost no RST
+data_dir: str = ""  # data directory; empty: ./data or $NTNG_DATA_DIR
+'''),
+        new_code_cell('''import ntng
+
+summary = ntng.pretrain(model=model, method=method, budget=budget, preset=preset, seed=seed,
+                        out_dir=out_dir or None, resume=resume, rst_table=rst_table or None,
+                        free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir or None)
+{k: summary[k] for k in ("status", "steps", "rst_s", "wall_s", "tokens", "final_val_loss", "run_dir")}'''),
+        new_code_cell('''import matplotlib.pyplot as plt
+import seaborn as sns
+
+metrics = ntng.read_metrics(summary["run_dir"])
+fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.8))
+sns.lineplot(data=metrics.dropna(subset=["train_loss"]), x="rst_s", y="train_loss", ax=ax_loss, label="train",
+             alpha=0.6)
+sns.lineplot(data=metrics.dropna(subset=["val_loss"]), x="rst_s", y="val_loss", ax=ax_loss, label="validation",
+             marker="o")
+ax_loss.set(xlabel="RST (s)", ylabel="loss", title=f"{model} / {method}: loss against the RST budget")
+sns.lineplot(data=metrics.dropna(subset=["lr"]), x="rst_s", y="lr", ax=ax_lr)
+ax_lr.set(xlabel="RST (s)", ylabel="learning rate", title="schedule: a function of the budget fraction")
+fig.tight_layout()'''),
+    ],
+    "calibrate.ipynb": [
+        new_markdown_cell("# Calibrate an RST table on this machine\n\n"
+                          "Times each unit of work (forward+backward and forward-only micro-batches by active "
+                          "layers, one optimizer step) and writes a table that `ntng pretrain --rst-table` accepts."),
+        parameters('''
+preset: str = "smoke"  # smoke | mini | paper
+model: str = "bert"  # bert | t5
+out: str = "rst-table.json"  # where to write the table (JSON)
+repeats: int = 7  # timed runs per unit; the table keeps their median
+'''),
+        new_code_cell('''import ntng
+
+table = ntng.calibrate(preset, model, out=out, repeats=repeats)
+{k: table[k] for k in ("name", "precision", "micro_batch", "fit")}'''),
+        new_code_cell('''import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+rows = [{"unit": unit, "active_layers": int(n), "seconds": m["median"], "low": m["min"], "high": m["max"],
+         "charged": table["units"][unit][n]}
+        for unit in ("train", "forward") for n, m in table["measured"][unit].items()]
+frame = pd.DataFrame(rows)
+ax = sns.scatterplot(data=frame, x="active_layers", y="seconds", hue="unit")
+for unit, part in frame.groupby("unit"):
+    ax.vlines(part["active_layers"], part["low"], part["high"], alpha=0.4)
+    ax.plot(part["active_layers"], part["charged"], linestyle="--", label=f"{unit}: charged (fit)")
+ax.set(title=f"{model} at {preset}: seconds per micro-batch (median, min-max) and the fitted table",
+       xlabel="active layers", ylabel="seconds")
+ax.legend()'''),
+    ],
+}
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells, metadata=KERNEL)
+        nbformat.validate(nb)
+        nbformat.write(nb, ROOT / "notebooks" / name)
+        print(f"wrote notebooks/{name}")
+
+
+if __name__ == "__main__":
+    main()
