@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check ntng tests tools
 	@# pytest's exit code 5 (no test collected) is a broken suite, not a pass
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: the suite is broken" >&2; exit 1; fi; \
@@ -32,7 +33,7 @@ book: data
 	$(BIN)/ntng book
 
 lint: $(STAMP)
-	$(BIN)/ruff check ntng tests
+	$(BIN)/ruff check ntng tests tools
 
 clean:
 	rm -rf $(VENV) _build book/_build .pytest_cache

@@ -10,7 +10,6 @@ monotone and irons out timer noise; the medians, their spread and the fit's resi
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable

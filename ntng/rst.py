@@ -80,6 +80,8 @@ def _layer_values(name: str, unit: str, given: dict, num_layers: int) -> dict[in
             raise _bad(name, f"units.{unit} has a non-numeric layer count {key!r}") from None
         if not 1 <= layers <= num_layers:
             raise _bad(name, f"units.{unit}[{key}]: layer count outside 1..{num_layers}")
+        if layers in values:
+            raise _bad(name, f"units.{unit} gives layer count {layers} twice")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
             raise _bad(name, f"units.{unit}[{key}] = {value!r}: every value must be a positive number of seconds")
         values[layers] = float(value)
@@ -97,6 +99,8 @@ def _check_monotone(name: str, unit: str, values: dict[int, float], filled: set[
 
 def _fill(name: str, unit: str, values: dict[int, float], rule: dict | None, num_layers: int,
           other: dict[str, dict[int, float]]) -> dict[int, float]:
+    if rule is not None and (not isinstance(rule, dict) or rule.get("rule") not in ("linear", "proportional")):
+        raise _bad(name, f"interpolated.{unit} must be an object with rule 'linear' or 'proportional', got {rule!r}")
     missing = [n for n in range(1, num_layers + 1) if n not in values]
     if not missing:
         return values
@@ -120,7 +124,9 @@ def _fill(name: str, unit: str, values: dict[int, float], rule: dict | None, num
             raise _bad(name, f"interpolated.{unit}: 'to' must name a complete per-layer unit, not {base_unit!r}")
         base = other[base_unit]
         if "ratio" in rule:
-            ratio = float(rule["ratio"])
+            ratio = rule["ratio"]
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool):
+                raise _bad(name, f"interpolated.{unit}: ratio must be a number, got {ratio!r}")
         elif values:
             ratio = sum(values[n] / base[n] for n in values) / len(values)
         else:
@@ -129,8 +135,6 @@ def _fill(name: str, unit: str, values: dict[int, float], rule: dict | None, num
             raise _bad(name, f"interpolated.{unit}: ratio {ratio!r} must be a positive number")
         for n in missing:
             out[n] = base[n] * ratio
-    else:
-        raise _bad(name, f"interpolated.{unit}: unknown rule {kind!r} (linear or proportional)")
     return out
 
 
@@ -139,18 +143,20 @@ def table_from_dict(raw: dict, source: str = "<dict>") -> RSTTable:
     if not isinstance(raw, dict):
         raise UsageError(f"RST table {source}: not a JSON object")
     name = raw.get("name") or source
-    if raw.get("format") != TABLE_FORMAT:
+    if raw.get("format") != TABLE_FORMAT or isinstance(raw.get("format"), bool):
         raise _bad(name, f"format must be {TABLE_FORMAT}, got {raw.get('format')!r}")
     for key in ("model", "preset", "num_layers", "units"):
         if key not in raw:
             raise _bad(name, f"missing {key!r}")
     num_layers = raw["num_layers"]
-    if not isinstance(num_layers, int) or num_layers < 1:
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise _bad(name, f"num_layers must be a positive integer, got {num_layers!r}")
     units = raw["units"]
     if not isinstance(units, dict) or not all(isinstance(units.get(u), dict) for u in (*PER_LAYER_UNITS, "optimizer")):
         raise _bad(name, "units must hold objects 'train', 'forward' and 'optimizer'")
     interpolated = raw.get("interpolated", {})
+    if not isinstance(interpolated, dict) or set(interpolated) - set(PER_LAYER_UNITS):
+        raise _bad(name, f"interpolated must map {' / '.join(PER_LAYER_UNITS)} to a rule, got {interpolated!r}")
     filled: dict[str, dict[int, float]] = {}
     for unit in PER_LAYER_UNITS:  # train first: forward may be proportional to it
         given = _layer_values(name, unit, units[unit], num_layers)
@@ -175,6 +181,8 @@ def load_table(path: str | Path) -> RSTTable:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"no RST table at {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read RST table {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"RST table {path} is not valid JSON ({exc})") from None
     return table_from_dict(raw, str(path))
@@ -212,6 +220,8 @@ class RSTClock:
         self.units = dict.fromkeys(KINDS, 0)  # units of work done per kind, free or not
 
     def _charge(self, kind: str, seconds: float) -> float:
+        if kind not in self.breakdown:
+            raise ValueError(f"unknown kind of work {kind!r} (one of {', '.join(KINDS)})")
         self.units[kind] += 1
         if kind in self.free:
             return 0.0
