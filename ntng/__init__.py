@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first access
 _LAZY = {
     "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
-    "build_model": "models", "pretrain": "train", "calibrate": "calibrate", "read_metrics": "records",
+    "build_model": "models", "pretrain": "train", "calibrate": "calibration", "read_metrics": "records",
     "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
 }
 

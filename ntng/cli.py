@@ -150,7 +150,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import calibrate
+    from .calibration import calibrate
     from .train import check_writable
 
     out = args.out or Path(f"rst-{args.preset}-{args.model}.json")

@@ -103,35 +103,31 @@ def fixture_sources(raw_dir: Path):
     return tuple(dataclasses.replace(s, integrity=src.sri_sha512(raw_dir / s.filename)) for s in src.SOURCES)
 
 
-@pytest.fixture
-def fixture_env(tmp_path, monkeypatch):
-    """A data dir whose raw/ holds the fixture tarballs, with the pins pointing at them."""
+def prepare_fixture_data(data_dir: Path, monkeypatch) -> Path:
+    """Fixture tarballs in data_dir/raw (where `ntng data` keeps verified downloads), pins pointing at them."""
     from ntng import sources as src
 
-    data_dir = tmp_path / "data"
     write_fixture_tarballs(data_dir / "raw")
     pins = fixture_sources(data_dir / "raw")
     monkeypatch.setattr(src, "SOURCES", pins)
-    monkeypatch.setattr(src, "STDLIB", pins[0])
-    monkeypatch.setattr(src, "BROWN", pins[1])
-    monkeypatch.setattr(src, "NLP_CORPUS", pins[2])
+    for name, pin in zip(("STDLIB", "BROWN", "NLP_CORPUS"), pins, strict=True):
+        monkeypatch.setattr(src, name, pin)
     return data_dir
+
+
+@pytest.fixture
+def fixture_env(tmp_path, monkeypatch):
+    """A data dir ready to build from the fixture tarballs (nothing built yet)."""
+    return prepare_fixture_data(tmp_path / "data", monkeypatch)
 
 
 @pytest.fixture(scope="session")
 def built_fixture(tmp_path_factory):
     """One fixture build shared by read-only tests (building takes a few seconds)."""
     from ntng import data
-    from ntng import sources as src
 
     mp = pytest.MonkeyPatch()
-    data_dir = tmp_path_factory.mktemp("built") / "data"
-    write_fixture_tarballs(data_dir / "raw")
-    pins = fixture_sources(data_dir / "raw")
-    mp.setattr(src, "SOURCES", pins)
-    mp.setattr(src, "STDLIB", pins[0])
-    mp.setattr(src, "BROWN", pins[1])
-    mp.setattr(src, "NLP_CORPUS", pins[2])
+    data_dir = prepare_fixture_data(tmp_path_factory.mktemp("built") / "data", mp)
     manifest = data.build_data(data_dir, presets=["tiny"], log=lambda m: None)
     yield data_dir, manifest
     mp.undo()

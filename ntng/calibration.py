@@ -3,9 +3,10 @@
 For every active-layer count 1..L it times a forward+backward micro-batch and a forward-only micro-batch of the
 preset's model (the same code, precision and batch shape the training loop uses), and it times one optimizer step
 per optimizer. Each figure is the median of `repeats` timed runs after `warmup` untimed ones; the device is
-synchronised before the clock is read. The per-layer medians are then fitted with a + b x layers by least squares
+synchronised before the clock is read. The per-layer medians are then fitted with a + b x layers (Theil-Sen)
 (the paper's tables are linear in the layer count to within 1%): the fit is what the table charges, which keeps it
-monotone and irons out timer noise; the medians, their spread and the fit's residuals are kept beside it.
+monotone and irons out timer noise (a Theil-Sen fit, which a few spoiled timings cannot drag); the medians, their
+spread and the fit's residuals are kept beside it.
 """
 
 from __future__ import annotations
@@ -32,30 +33,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_median(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> dict:
+def time_rounds(fns: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int) -> dict:
+    """Median time of each fn, measured in interleaved rounds (every fn once per round), so that a burst of
+    machine noise lands on all of them alike instead of on whichever was being measured at the time."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"median": median, "min": min(times), "max": max(times),
-            "spread": (max(times) - min(times)) / median if median > 0 else 0.0}
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: _stats(values) for key, values in times.items()}
+
+
+def _stats(values: list[float]) -> dict:
+    median = statistics.median(values)
+    return {"median": median, "min": min(values), "max": max(values),
+            "spread": (max(values) - min(values)) / median if median > 0 else 0.0}
 
 
 def fit_linear(counts: list[int], values: list[float]) -> tuple[float, float]:
-    """Least-squares a, b of value = a + b x count."""
-    n = len(counts)
-    if n == 1:
+    """Theil-Sen a, b of value = a + b x count: the median of pairwise slopes, then the median intercept.
+    Robust to a few timings spoiled by machine noise, which an ordinary least-squares fit is not."""
+    if len(counts) == 1:
         return values[0], 0.0
-    mean_x, mean_y = sum(counts) / n, sum(values) / n
-    sxx = sum((x - mean_x) ** 2 for x in counts)
-    b = sum((x - mean_x) * (y - mean_y) for x, y in zip(counts, values, strict=True)) / sxx
-    return mean_y - b * mean_x, b
+    slopes = [(values[j] - values[i]) / (counts[j] - counts[i])
+              for i in range(len(counts)) for j in range(i + 1, len(counts))]
+    b = statistics.median(slopes)
+    a = statistics.median(v - b * c for c, v in zip(counts, values, strict=True))
+    return a, b
 
 
 def monotone_fit(counts: list[int], medians: list[float]) -> tuple[list[float], dict]:
@@ -63,14 +73,14 @@ def monotone_fit(counts: list[int], medians: list[float]) -> tuple[list[float], 
     fitted = [a + b * c for c in counts]
     if b > 0 and fitted[0] > 0:
         residuals = [abs(f - m) / m for f, m in zip(fitted, medians, strict=True)]
-        return fitted, {"rule": "least squares a + b x layers", "a": a, "b": b,
+        return fitted, {"rule": "Theil-Sen a + b x layers", "a": a, "b": b,
                         "max_relative_residual": max(residuals)}
     # noise swamped the per-layer cost (a tiny model): fall back to the running maximum of the medians
     running, out = 0.0, []
     for m in medians:
         running = max(running, m)
         out.append(running)
-    return out, {"rule": "running maximum of the medians (the linear fit was not increasing)", "a": a, "b": b}
+    return out, {"rule": "running maximum of the medians (the fit was not increasing)", "a": a, "b": b}
 
 
 def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: int = 7, warmup: int = 3,
@@ -102,8 +112,7 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
         def run():
             with autocast():
                 loss = net(batch, active_layers=layers)["loss"]
-            loss.backward()
-            net.zero_grad(set_to_none=True)
+            loss.backward()  # gradients accumulate, as over the micro-batches of a step
         return run
 
     def forward_pass(layers):
@@ -113,32 +122,26 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
         return run
 
     counts = list(range(1, shape.num_layers + 1))
-    measured: dict[str, dict] = {"train": {}, "forward": {}, "optimizer": {}}
-    for unit, make in (("train", train_pass), ("forward", forward_pass)):
-        for n in counts:
-            measured[unit][str(n)] = time_median(make(list(range(n))), device, repeats, warmup)
-            log(f"{unit:8s} {n:2d} layers: {measured[unit][str(n)]['median'] * 1e3:8.2f} ms "
-                f"(spread {measured[unit][str(n)]['spread']:.0%})")
-
+    fns = {f"{unit}:{n}": make(list(range(n))) for unit, make in (("train", train_pass), ("forward", forward_pass))
+           for n in counts}
     optimizer = build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps, recipe.weight_decay)
 
     def optimizer_step():
-        with autocast():
-            loss = net(batch)["loss"]
-        loss.backward()  # untimed below: only the step is measured
-        _sync(device)
-        start = time.perf_counter()
+        # gradients must exist for a real step; a step on stale gradients costs the same as on fresh ones
+        if next(net.parameters()).grad is None:
+            with autocast():
+                net(batch)["loss"].backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - start
 
-    step_times = [optimizer_step() for _ in range(warmup + repeats)][warmup:]
-    median = statistics.median(step_times)
-    measured["optimizer"]["adamw"] = {"median": median, "min": min(step_times), "max": max(step_times),
-                                      "spread": (max(step_times) - min(step_times)) / median}
-    log(f"optimizer step ({recipe.optimizer}): {median * 1e3:.2f} ms")
+    fns["optimizer:adamw"] = optimizer_step
+    timed = time_rounds(fns, device, repeats, warmup)
+    measured: dict[str, dict] = {"train": {}, "forward": {}, "optimizer": {}}
+    for key, stats in timed.items():
+        unit, n = key.split(":")
+        measured[unit][n] = stats
+        log(f"{unit:9s} {n:>5s}: {stats['median'] * 1e3:8.2f} ms (spread {stats['spread']:.0%})")
+    median = measured["optimizer"]["adamw"]["median"]
 
     units, fits = {}, {}
     for unit in ("train", "forward"):
@@ -160,7 +163,7 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
         "fit": fits,
         "settings": {"repeats": repeats, "warmup": warmup},
         "notes": ["units.train/forward are the fit in 'fit' of the medians in 'measured'; units.optimizer is the "
-                  "median step time (clip + step + zero_grad), charged once per optimizer step",
+                  "median step time (gradient clipping + step), charged once per optimizer step",
                   "the AdamW key covers T5's AdamWScale, as in the paper's table"],
     }
     table_from_dict(table, "calibration")  # the table we write must pass the same validation as any other
