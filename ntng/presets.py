@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
         vocab_size=8192,  # REFERENCE.md: ~6.3M WordPiece tokens at 8k; small vocab keeps the embedding cheap
         bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
         t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
-        budgets=("20s", "40s", "80s"),
+        budgets=("5s", "10s", "20s"),  # 14 grid cells x 35 s + per-cell start-up ~ 15 min on 2 cores
         # the paper's recipes; a small batch (32 / 16 sequences) still trains stably at these peaks in 20-80 s
         bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=128),
         t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=128),
@@ -115,10 +115,10 @@ PRESETS: dict[str, Preset] = {
     "mini": Preset(
         name="mini",
         vocab_size=8192,
-        bert=BertShape(num_layers=8, hidden=256, heads=4, intermediate=1024, micro_batch=32, grad_accum=4),
-        t5=T5Shape(num_layers=8, d_model=256, d_kv=64, heads=4, d_ff=640, input_len=128, micro_batch=32,
-                   grad_accum=2),
-        budgets=("5m", "10m", "20m"),
+        # batches of 64 / 32 sequences: a few hundred optimizer steps fit in the budgets below on 2 cores
+        bert=BertShape(num_layers=8, hidden=256, heads=4, intermediate=1024, micro_batch=32, grad_accum=2),
+        t5=T5Shape(num_layers=8, d_model=256, d_kv=64, heads=4, d_ff=640, input_len=128, micro_batch=32),
+        budgets=("90s", "3m", "6m"),  # 14 grid cells x 10.5 min ~ 2.5 h of RST for one seed
         bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=512),
         t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=512),
         description="small models that learn something real on a CPU; one seed of the grid within ~3 hours",

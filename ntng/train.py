@@ -374,9 +374,10 @@ class Trainer:
             self.tokens += batch["input_ids"].shape[0] * _tokens_per_sequence(self.spec.model, self.spec.preset)
         if self.recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), self.recipe.grad_clip)
+        method.before_update(run)
         run.optimizer.step()
         clock.charge_optimizer(method.rst_optimizer)
-        run.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=False)  # in place: re-allocating every gradient each step costs page faults
         method.end_step(run)
         run.step += 1
         self.layer_sum += layers_in_step
@@ -450,7 +451,12 @@ def pretrain(model: str = "bert", method: str = "baseline", budget: str = "30s",
     """Pre-train one model with one method under an RST budget; returns summary.json's content."""
     spec = resolve(model, method, budget, preset, seed, out_dir, resume, rst_table, free_scoring, free_hessian,
                    data_dir, corpus, method_options)
-    trainer = Trainer(spec, log=log)
+    try:
+        trainer = Trainer(spec, log=log)
+    except (KeyboardInterrupt, UsageError, RunError):
+        raise
+    except Exception as exc:
+        raise RunError(f"could not set up the run: {type(exc).__name__}: {exc}") from exc
     log(f"{spec.model} / {spec.method} / {spec.budget} RST at preset {spec.preset.name}, seed {spec.seed}: "
         f"{count_parameters(trainer.run.model):,} parameters, table {spec.table.name}, -> {spec.out_dir}")
     try:

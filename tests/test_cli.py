@@ -98,3 +98,13 @@ def test_runtime_failure_exits_1_with_one_line(fixture_env, capsys, monkeypatch)
     assert cli.main(["data", "--data-dir", str(fixture_env), "--preset", "tiny"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ntng: error: npm is needed") and err.count("\n") == 1
+
+
+def test_an_unexpected_exception_is_still_one_line(monkeypatch, capsys):
+    def boom(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli, "cmd_data", boom)
+    assert cli.main(["data"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ntng: error: unexpected KeyError") and err.count("\n") == 1
