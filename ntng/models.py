@@ -164,6 +164,13 @@ class BertMLM(nn.Module):
         self.config.num_hidden_layers = len(encoder.layer)
         return [p for block in encoder.layer[old:] for p in block.parameters()]
 
+    def keep_first_layers(self, depth: int) -> None:
+        """Cut the encoder to its first `depth` blocks (layer stacking starts shallow)."""
+        encoder = self.hf.bert.encoder
+        assert 1 <= depth <= len(encoder.layer), depth
+        encoder.layer = nn.ModuleList(list(encoder.layer)[:depth])
+        self.config.num_hidden_layers = depth
+
 
 # -------------------------------------------------------------------------------------------------------------- T5
 
@@ -293,6 +300,14 @@ class T5SpanModel(nn.Module):
             new_parameters += [p for block in stack.block[old:] for p in block.parameters()]
         self.config.num_layers = self.config.num_decoder_layers = self.num_layers
         return new_parameters
+
+    def keep_first_layers(self, depth: int) -> None:
+        """Cut encoder and decoder to their first `depth` blocks (block 0 keeps the position table)."""
+        assert 1 <= depth <= self.num_layers, depth
+        for stack in (self.hf.encoder, self.hf.decoder):
+            stack.block = nn.ModuleList(list(stack.block)[:depth])
+            stack.config.num_layers = depth
+        self.config.num_layers = self.config.num_decoder_layers = depth
 
 
 # ------------------------------------------------------------------------------------------------------ factories
