@@ -2,11 +2,12 @@
 
 For every active-layer count 1..L it times a forward+backward micro-batch and a forward-only micro-batch of the
 preset's model (the same code, precision and batch shape the training loop uses), and it times one optimizer step
-per optimizer. Each figure is the median of `repeats` timed runs after `warmup` untimed ones; the device is
-synchronised before the clock is read. The per-layer medians are then fitted with a + b x layers (Theil-Sen)
-(the paper's tables are linear in the layer count to within 1%): the fit is what the table charges, which keeps it
-monotone and irons out timer noise (a Theil-Sen fit, which a few spoiled timings cannot drag); the medians, their
-spread and the fit's residuals are kept beside it.
+per optimizer: the baseline's, Lion's and Sophia-G's (the step only: Sophia's Hessian passes are charged as
+forward+backward micro-batches). Each figure is the median of `repeats` timed runs after `warmup` untimed ones;
+the device is synchronised before the clock is read. The per-layer medians are then fitted with a + b x layers
+(Theil-Sen) (the paper's tables are linear in the layer count to within 1%): the fit is what the table charges,
+which keeps it monotone and irons out timer noise (a Theil-Sen fit, which a few spoiled timings cannot drag); the
+medians, their spread and the fit's residuals are kept beside it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import torch
 
 from .batches import make_collator
 from .errors import UsageError
+from .methods import build_method
 from .models import build_model
 from .optim import build_optimizer
 from .presets import MODELS, get_preset
 from .records import write_json
 from .rst import TABLE_FORMAT, table_from_dict
 from .train import autocast_dtype, describe_machine, pick_device
+
+OPTIMIZER_METHODS = ("lion", "sophia")  # methods that bring their own optimizer, each timed under its rst_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -124,30 +128,39 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
     counts = list(range(1, shape.num_layers + 1))
     fns = {f"{unit}:{n}": make(list(range(n))) for unit, make in (("train", train_pass), ("forward", forward_pass))
            for n in counts}
-    optimizer = build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps, recipe.weight_decay)
+    # one step of every optimizer the model can use: the baseline's (the "adamw" key, which covers T5's
+    # AdamWScale as in the paper's table) and those of the optimizer methods, built exactly as those methods build
+    # them (Sophia: the step only; its Hessian passes are charged as forward+backward micro-batches)
+    optimizers = {"adamw": build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps,
+                                           recipe.weight_decay)}
+    for method in OPTIMIZER_METHODS:
+        hooks = build_method(method, model, preset_obj)
+        optimizers[hooks.rst_optimizer] = hooks.build_optimizer(net)
 
-    def optimizer_step():
-        # gradients must exist for a real step; a step on stale gradients costs the same as on fresh ones
-        if next(net.parameters()).grad is None:
-            with autocast():
-                net(batch)["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-        optimizer.step()
+    def optimizer_step(optimizer):
+        def run():
+            # gradients must exist for a real step; a step on stale gradients costs the same as on fresh ones
+            if next(net.parameters()).grad is None:
+                with autocast():
+                    net(batch)["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
+            optimizer.step()
+        return run
 
-    fns["optimizer:adamw"] = optimizer_step
+    for key, optimizer in optimizers.items():
+        fns[f"optimizer:{key}"] = optimizer_step(optimizer)
     timed = time_rounds(fns, device, repeats, warmup)
     measured: dict[str, dict] = {"train": {}, "forward": {}, "optimizer": {}}
     for key, stats in timed.items():
         unit, n = key.split(":")
         measured[unit][n] = stats
         log(f"{unit:9s} {n:>5s}: {stats['median'] * 1e3:8.2f} ms (spread {stats['spread']:.0%})")
-    median = measured["optimizer"]["adamw"]["median"]
 
     units, fits = {}, {}
     for unit in ("train", "forward"):
         fitted, fits[unit] = monotone_fit(counts, [measured[unit][str(n)]["median"] for n in counts])
         units[unit] = {str(n): float(f"{v:.6g}") for n, v in zip(counts, fitted, strict=True)}
-    units["optimizer"] = {"adamw": float(f"{median:.6g}")}
+    units["optimizer"] = {key: float(f"{measured['optimizer'][key]['median']:.6g}") for key in optimizers}
     machine = describe_machine(device)
     table = {
         "format": TABLE_FORMAT,
@@ -164,7 +177,9 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
         "settings": {"repeats": repeats, "warmup": warmup},
         "notes": ["units.train/forward are the fit in 'fit' of the medians in 'measured'; units.optimizer is the "
                   "median step time (gradient clipping + step), charged once per optimizer step",
-                  "the AdamW key covers T5's AdamWScale, as in the paper's table"],
+                  "the AdamW key covers T5's AdamWScale, as in the paper's table",
+                  "lion and sophia are the step times of the optimizers of methods lion and sophia; Sophia's Hessian "
+                  "passes are charged as units.train micro-batches, not in its step time"],
     }
     table_from_dict(table, "calibration")  # the table we write must pass the same validation as any other
     if out is not None:

@@ -1,7 +1,9 @@
-"""Optimizers: the baselines' AdamW (BERT) and AdamWScale (T5), and the parameter grouping they share.
+"""Optimizers: the baselines' AdamW (BERT) and AdamWScale (T5), the efficient optimizers Lion and Sophia-G, and the
+parameter grouping they share.
 
 AdamWScale is the T5 recipe's Adam variant (from nanoT5): the Adam step is scaled by the parameter's own RMS,
 max(1e-3, RMS(p)), so that a single large learning rate (2e-2) suits every tensor, as in Adafactor's relative step.
+The paper's T5 code scales Lion's and Sophia's steps the same way (`rms_scale=True`); its BERT code does not.
 """
 
 from __future__ import annotations
@@ -71,6 +73,137 @@ class AdamWScale(torch.optim.Optimizer):
                 p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
                 if group["weight_decay"] > 0.0:
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+        return loss
+
+
+def _relative_scale(p: torch.Tensor) -> float:
+    """Adafactor's relative step: max(1e-3, RMS(p)), the factor AdamWScale applies to its step."""
+    return max(1e-3, _rms(p).item())
+
+
+def _check_betas(name: str, betas) -> tuple[float, float]:
+    betas = tuple(float(b) for b in betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"bad {name} betas {betas}: expected two numbers in [0, 1)")
+    return betas
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign of an interpolated momentum.
+
+    Per parameter p with gradient g and momentum m (zero at first), with decoupled weight decay:
+        p <- p (1 - lr wd)
+        p <- p - lr sign(b1 m + (1 - b1) g)
+        m <- b2 m + (1 - b2) g
+    With `rms_scale`, lr is multiplied by max(1e-3, RMS(p)) (RMS before the step), as in the paper's T5 code.
+    Parameters whose `.grad` is None are skipped, state and all.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0, *, rms_scale: bool = False):
+        if not lr > 0 or not weight_decay >= 0:
+            raise ValueError(f"bad Lion settings lr={lr} weight_decay={weight_decay}: lr > 0 and weight_decay >= 0")
+        defaults = {"lr": lr, "betas": _check_betas("Lion", betas), "weight_decay": weight_decay,
+                    "rms_scale": bool(rms_scale)}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                momentum = state["exp_avg"]
+                lr = group["lr"] * (_relative_scale(p) if group.get("rms_scale") else 1.0)
+                if group["weight_decay"] != 0.0:
+                    p.mul_(1.0 - lr * group["weight_decay"])
+                direction = torch.mul(momentum, beta1).add_(grad, alpha=1.0 - beta1).sign_()
+                p.add_(direction, alpha=-lr)
+                momentum.mul_(beta2).add_(grad, alpha=1.0 - beta2)
+        return loss
+
+
+class SophiaG(torch.optim.Optimizer):
+    """Sophia-G (Liu et al. 2023, "Sophia: A Scalable Stochastic Second-order Optimizer for Language Model
+    Pre-training") with the Gauss-Newton-Bartlett diagonal Hessian estimate, as in the official `SophiaG`.
+
+    `update_hessian()` folds the current `.grad` (a gradient of the loss on labels sampled from the model itself)
+    into the estimate:  h <- b2 h + (1 - b2) g * g.
+    `step(bs=...)`, with the training gradient g, the momentum m and tokens per batch bs:
+        p <- p (1 - lr wd)
+        m <- b1 m + (1 - b1) g
+        p <- p - lr sign(m) min(|m| / (rho bs h + 1e-15), 1)
+    Until the first Hessian update h is 0 and every coordinate takes the clipped (sign) step, as in the official
+    code. `bs` defaults to the value given at construction (the official BERT fork's convention; the official
+    `step` takes it per call). With `rms_scale` the update (not the decay) is multiplied by max(1e-3, RMS(p)) after
+    the decay, as in the paper's T5 code. `last_clip_fraction` is the fraction of coordinates whose ratio
+    |m| / (rho bs h + 1e-15) exceeded 1 in the last step (None before the first step).
+    """
+
+    def __init__(self, params, lr: float, betas=(0.965, 0.99), rho: float = 0.04, weight_decay: float = 0.0, *,
+                 bs: int = 5120, rms_scale: bool = False):
+        if not lr > 0 or not rho >= 0 or not weight_decay >= 0 or not bs > 0:
+            raise ValueError(f"bad SophiaG settings lr={lr} rho={rho} weight_decay={weight_decay} bs={bs}: "
+                             f"lr > 0, rho >= 0, weight_decay >= 0 and bs > 0")
+        defaults = {"lr": lr, "betas": _check_betas("SophiaG", betas), "rho": rho, "weight_decay": weight_decay,
+                    "rms_scale": bool(rms_scale)}
+        super().__init__(params, defaults)
+        self.bs = bs
+        self.last_clip_fraction: float | None = None
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["hessian"] = torch.zeros_like(p)
+        return state
+
+    @torch.no_grad()
+    def update_hessian(self) -> None:
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._state(p)["hessian"].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+
+    @torch.no_grad()
+    def step(self, closure=None, bs: int | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bs = self.bs if bs is None else bs
+        clipped, total = None, 0
+        for group in self.param_groups:
+            beta1 = group["betas"][0]
+            lr, scale = group["lr"], group["rho"] * bs
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                state["step"] += 1
+                momentum = state["exp_avg"]
+                p.mul_(1.0 - lr * group["weight_decay"])
+                momentum.mul_(beta1).add_(p.grad, alpha=1.0 - beta1)
+                ratio = momentum.abs().div_(scale * state["hessian"] + 1e-15)
+                over = (ratio > 1.0).sum()
+                clipped = over if clipped is None else clipped + over
+                total += ratio.numel()
+                ratio.clamp_(max=1.0)
+                size = lr * (_relative_scale(p) if group.get("rms_scale") else 1.0)
+                p.addcmul_(momentum.sign(), ratio, value=-size)
+        if total:
+            self.last_clip_fraction = clipped.item() / total
         return loss
 
 

@@ -233,7 +233,7 @@ class Trainer:
         free = tuple(k for k, on in (("scoring", spec.free_scoring), ("hessian", spec.free_hessian)) if on)
         clock = RSTClock(spec.table, spec.budget_rst_s, free=free)
         self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
-                       model_name=model_name)
+                       model_name=model_name, amp_dtype=self.amp_dtype)
         self.method.bind(self.run)  # may reshape the model (e.g. start stacking from L/4 blocks)
         self.run.optimizer = self.method.build_optimizer(self.run.model)
         self.eval_batches = self._eval_batches(val_windows, val_ids)

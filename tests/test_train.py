@@ -187,7 +187,7 @@ def test_bad_runs_are_refused_before_anything_is_written(built_fixture, tmp_path
         dict(seed=-3), dict(rst_table=tmp_path / "missing.json"),
         dict(rst_table=rst.shipped_table_path("smoke", "t5")),  # a T5 table for BERT
         dict(rst_table=rst.shipped_table_path("paper", "bert")),  # prices 128-sequence micro-batches
-        dict(data_dir=tmp_path / "no-data"), dict(resume=True), dict(method="sophia"),
+        dict(data_dir=tmp_path / "no-data"), dict(resume=True), dict(method="rho_loss"),
     ]
     for case in cases:
         options = {"model": "bert", "method": "baseline", "budget": "3s", "preset": "tiny", "out_dir": out,

@@ -13,16 +13,16 @@ from .base import Method, Run
 from .baseline import Baseline
 from .layer_dropping import LayerDropping
 from .layer_stacking import LayerStacking
+from .lion import Lion
+from .sophia import Sophia
 
 REGISTRY: dict[str, type[Method]] = {"baseline": Baseline, "layer_stacking": LayerStacking,
-                                     "layer_dropping": LayerDropping}
+                                     "layer_dropping": LayerDropping, "lion": Lion, "sophia": Sophia}
 
 # methods of the study whose module has not landed yet, and the issue that brings each
 PENDING = {
     "selective_backprop": "issue 5 (batch selection)",
     "rho_loss": "issue 5 (batch selection)",
-    "lion": "issue 6 (efficient optimizers)",
-    "sophia": "issue 6 (efficient optimizers)",
 }
 assert set(REGISTRY) | set(PENDING) == set(METHODS) and not set(REGISTRY) & set(PENDING)
 

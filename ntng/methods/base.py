@@ -44,6 +44,7 @@ class Run:
     model_name: str
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches trained on
+    amp_dtype: torch.dtype | None = None  # the loop's autocast precision (None: fp32); extra passes use the same
     extra: dict = field(default_factory=dict)  # per-step values a method wants logged
 
 

@@ -1,0 +1,98 @@
+"""Lion: the baseline's loop and schedule with the Lion optimizer in place of AdamW / AdamWScale.
+
+The functional core is `ntng.optim.Lion`; this module only chooses its settings (the recipe's `lion_*` fields,
+overridable through method options) and makes sure the RST table prices a Lion step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UsageError
+from ..optim import Lion as LionOptimizer
+from ..optim import decay_groups
+from .base import Method, Run
+
+LION_BETAS = (0.9, 0.99)
+
+
+def check_table_prices(run: Run, optimizer: str, method: str) -> None:
+    """Refuse, before any work, a table that cannot charge this method's optimizer step."""
+    table = run.clock.table
+    if optimizer not in table.optimizer:
+        raise UsageError(f"method {method} needs an optimizer step time for {optimizer!r} in RST table {table.name} "
+                         f"(it has {', '.join(sorted(table.optimizer)) or 'none'}): run `ntng calibrate` and pass "
+                         f"--rst-table")
+
+
+def take_options(method: str, options: dict, defaults: dict) -> dict:
+    """`defaults` overridden by `options`; unknown names and non-numbers are refused (UsageError)."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UsageError(f"method {method} has no option(s) {', '.join(unknown)} (it takes {', '.join(defaults)})")
+    out = dict(defaults)
+    for key, value in options.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+                  and all(_is_number(v) for v in value))
+            what = f"a list of {len(default)} numbers"
+            value = tuple(float(v) for v in value) if ok else value
+        elif isinstance(default, int):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        else:
+            ok, what = _is_number(value), "a number"
+        if not ok:
+            raise UsageError(f"method {method}: option {key} = {value!r} must be {what}")
+        out[key] = value
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_betas(method: str, betas) -> None:
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise UsageError(f"method {method}: betas {tuple(betas)} must lie in [0, 1)")
+
+
+class Lion(Method):
+    name = "lion"
+    card = (
+        "**Lion** (Chen et al. 2023, *Symbolic Discovery of Optimization Algorithms*). Replaces AdamW with a "
+        "sign-of-momentum update: p <- p (1 - lr wd); p <- p - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g, "
+        "betas 0.9/0.99 - one state tensor instead of Adam's two, every coordinate moving by exactly lr. "
+        "Hyper-parameters as in the paper's code: BERT lr 1e-4 (a tenth of AdamW's) and weight decay 0.1 (none "
+        "on biases and LayerNorm); T5 lr 7.5e-4, no weight decay, the step scaled by max(1e-3, RMS(param)) like "
+        "AdamWScale. The baseline's schedule, clipping and batch. Charged the table's Lion step time. "
+        "Survey category: component *optimization* x action *replace*."
+    )
+
+    def __init__(self, model: str, preset, **options):
+        super().__init__(model, preset)
+        r = self.recipe
+        self.options = take_options(self.name, options, {"lr": r.lion_lr, "weight_decay": r.lion_weight_decay,
+                                                         "betas": LION_BETAS, "rms_scale": r.rms_scale})
+        if not self.options["lr"] > 0 or not self.options["weight_decay"] >= 0:
+            raise UsageError(f"method lion: lr must be > 0 and weight_decay >= 0, got {self.options}")
+        check_betas(self.name, self.options["betas"])
+
+    @property
+    def rst_optimizer(self) -> str:
+        return "lion"
+
+    def settings(self) -> dict:
+        return {"optimizer": "lion", **self.options}
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        o = self.options
+        return LionOptimizer(decay_groups(model, o["weight_decay"]), lr=o["lr"], betas=o["betas"],
+                             weight_decay=o["weight_decay"], rms_scale=o["rms_scale"])
+
+    def bind(self, run: Run) -> None:
+        check_table_prices(run, self.rst_optimizer, self.name)

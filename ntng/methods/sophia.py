@@ -1,0 +1,150 @@
+"""Sophia-G: the baseline's loop and schedule with Sophia-G in place of AdamW / AdamWScale, plus its Hessian passes.
+
+Every `hessian_interval` (k = 10) optimizer steps the method spends extra micro-batches of training data on the
+Gauss-Newton-Bartlett estimate of the diagonal Hessian: it samples labels from the model's own softmax at the
+prediction positions (BERT: the masked positions; T5: every decoder output), back-propagates the cross-entropy on
+those sampled labels, and folds the squared gradient into the optimizer's estimate (`SophiaG.update_hessian`).
+Each of those passes is charged to the RST clock as a forward+backward micro-batch at full depth, kind "hessian"
+(free with --free-hessian, the paper's ablation), before it runs.
+
+When the estimates happen follows the paper's two code bases: its BERT loop estimates before the first update and
+then every k updates (before updates 1, k+1, 2k+1, ...) on 768 of a batch's 1536 sequences; its T5 loop after
+every k-th update (before updates k+1, 2k+1, ...) on a whole batch, clipping the sampled-label gradient like a
+training gradient. Estimates run in `begin_step`, so none is made after the budget's last step, where it could
+never be used (the paper's loops would have paid for one there). Until the first estimate the Hessian is zero and
+Sophia takes sign-of-momentum steps, as the official optimizer does.
+
+The functional core is `ntng.optim.SophiaG` and `hessian_pass` / `sampled_label_loss` below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..optim import SophiaG, decay_groups
+from .base import Method, Run
+from .lion import check_betas, check_table_prices, take_options
+
+SOPHIA_BETAS = (0.965, 0.99)
+HESSIAN_AT_START = {"bert": True, "t5": False}  # the paper's BERT loop estimates before update 1, its T5 loop not
+CLIP_HESSIAN_GRADIENT = {"bert": False, "t5": True}  # the T5 loop clips the sampled-label gradient (at 1.0)
+
+
+def tokens_per_batch(model: str, preset) -> int:
+    """Sophia's bs: sequences per optimizer step x tokens per sequence (BERT's window, T5's encoder input);
+    the paper's BERT setting is 1536 x 128 = 196608."""
+    shape = preset.shape(model)
+    return shape.batch * (shape.seq_len if model == "bert" else shape.input_len)
+
+
+def hessian_due(steps_done: int, interval: int, at_start: bool) -> bool:
+    """Whether an estimate runs before the next update, `steps_done` updates in."""
+    return steps_done % interval == 0 and (steps_done > 0 or at_start)
+
+
+def sampled_label_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `logits` [..., V] against labels drawn from softmax(logits) (the Gauss-Newton-Bartlett
+    estimator's loss); mean over positions, computed in float32. Draws from torch's global RNG."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    with torch.no_grad():
+        labels = torch.multinomial(torch.softmax(flat, dim=-1), 1).squeeze(1)
+    return F.cross_entropy(flat, labels)
+
+
+def hessian_pass(run: Run, micro_batches: int, grad_clip: float, amp_dtype: torch.dtype | None) -> None:
+    """One Hessian estimate: `micro_batches` micro-batches from the training stream, each charged (kind
+    'hessian', full depth) before its forward+backward; then the optimizer folds the gradient in and the
+    gradients are zeroed in place."""
+    model, device = run.model, next(run.model.parameters()).device
+    for _ in range(micro_batches):
+        batch = {k: v.to(device, non_blocking=True) for k, v in run.batches.next().items()}
+        run.clock.charge_train(model.num_layers, kind="hessian")
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(batch)["logits"]
+        (sampled_label_loss(logits) / micro_batches).backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    run.optimizer.update_hessian()
+    run.optimizer.zero_grad(set_to_none=False)
+
+
+class Sophia(Method):
+    name = "sophia"
+    card = (
+        "**Sophia-G** (Liu et al. 2023, *Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
+        "Pre-training*). Replaces AdamW with a clipped, diagonally pre-conditioned sign-momentum step: "
+        "m <- b1 m + (1 - b1) g; p <- p (1 - lr wd) - lr sign(m) min(|m| / (rho bs h + 1e-15), 1), betas "
+        "0.965/0.99, bs the tokens per batch. Every 10 steps it spends extra micro-batches estimating the diagonal "
+        "Hessian h (Gauss-Newton-Bartlett: backprop cross-entropy on labels sampled from the model's own softmax, "
+        "h <- b2 h + (1 - b2) g*g), charged at forward+backward cost (free with --free-hessian). Hyper-parameters "
+        "as in the paper's code: BERT lr 1e-3, weight decay 0.01 (none on biases and LayerNorm), rho 0.04, half a "
+        "batch per estimate; T5 lr 1e-3, rho 0.01, no weight decay, a whole batch per estimate and the step scaled "
+        "by max(1e-3, RMS(param)) like AdamWScale. The baseline's schedule, clipping and batch. Survey category: "
+        "component *optimization* x action *replace*."
+    )
+
+    def __init__(self, model: str, preset, **options):
+        super().__init__(model, preset)
+        r, shape = self.recipe, preset.shape(model)
+        default_micro_batches = max(1, round(r.hessian_batch_fraction * shape.grad_accum))
+        self.options = take_options(self.name, options, {
+            "lr": r.sophia_lr, "weight_decay": r.sophia_weight_decay, "rho": r.sophia_rho, "betas": SOPHIA_BETAS,
+            "hessian_interval": r.hessian_interval, "hessian_micro_batches": default_micro_batches,
+            "rms_scale": r.rms_scale})
+        o = self.options
+        if not o["lr"] > 0 or not o["weight_decay"] >= 0 or not o["rho"] > 0:
+            raise UsageError(f"method sophia: lr and rho must be > 0 and weight_decay >= 0, got lr={o['lr']} "
+                             f"rho={o['rho']} weight_decay={o['weight_decay']}")
+        if o["hessian_interval"] < 1 or o["hessian_micro_batches"] < 1:
+            raise UsageError(f"method sophia: hessian_interval and hessian_micro_batches must be >= 1, got "
+                             f"{o['hessian_interval']} and {o['hessian_micro_batches']}")
+        check_betas(self.name, o["betas"])
+        self.bs = tokens_per_batch(model, preset)
+        self.at_start = HESSIAN_AT_START[model]
+        self.hessian_grad_clip = r.grad_clip if CLIP_HESSIAN_GRADIENT[model] else 0.0
+        self.amp_dtype: torch.dtype | None = None
+        self.counters = {"hessian_updates": 0, "hessian_micro_batches": 0, "clip_fraction_sum": 0.0,
+                         "clipped_steps": 0}
+
+    @property
+    def rst_optimizer(self) -> str:
+        return "sophia"
+
+    def settings(self) -> dict:
+        return {"optimizer": "sophia", **self.options, "bs": self.bs, "hessian_at_start": self.at_start,
+                "hessian_grad_clip": self.hessian_grad_clip}
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        o = self.options
+        return SophiaG(decay_groups(model, o["weight_decay"]), lr=o["lr"], betas=o["betas"], rho=o["rho"],
+                       weight_decay=o["weight_decay"], bs=self.bs, rms_scale=o["rms_scale"])
+
+    def bind(self, run: Run) -> None:
+        check_table_prices(run, self.rst_optimizer, self.name)
+        self.amp_dtype = run.amp_dtype
+
+    def begin_step(self, run: Run) -> None:
+        if hessian_due(run.step, self.options["hessian_interval"], self.at_start):
+            micro_batches = self.options["hessian_micro_batches"]
+            hessian_pass(run, micro_batches, self.hessian_grad_clip, self.amp_dtype)
+            self.counters["hessian_updates"] += 1
+            self.counters["hessian_micro_batches"] += micro_batches
+
+    def end_step(self, run: Run) -> None:
+        fraction = getattr(run.optimizer, "last_clip_fraction", None)
+        if fraction is not None:
+            self.counters["clip_fraction_sum"] += fraction
+            self.counters["clipped_steps"] += 1
+
+    def stats(self) -> dict:
+        c = self.counters
+        return {"hessian_updates": c["hessian_updates"], "hessian_micro_batches": c["hessian_micro_batches"],
+                "clip_fraction": c["clip_fraction_sum"] / c["clipped_steps"] if c["clipped_steps"] else None}
+
+    def state_dict(self) -> dict:
+        return dict(self.counters)
+
+    def load_state(self, state: dict, run: Run) -> None:
+        self.counters = {**self.counters, **state}
