@@ -32,7 +32,24 @@ def _rms(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.norm(2) / math.sqrt(tensor.numel())
 
 
-class AdamWScale(torch.optim.Optimizer):
+class _PerParameterOptimizer(torch.optim.Optimizer):
+    """What AdamWScale and Lion share: the closure, the walk over groups, skipping parameters with no gradient
+    (a block that sat out the step). Subclasses define `_update(p, grad, state, group)`."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, self.state[p], group)
+        return loss
+
+
+class AdamWScale(_PerParameterOptimizer):
     """Adam with bias correction whose step is multiplied by max(1e-3, RMS(p)); decoupled weight decay.
 
     Per parameter p with gradient g, at step t:
@@ -46,34 +63,22 @@ class AdamWScale(torch.optim.Optimizer):
             raise ValueError(f"bad AdamWScale settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                t = state["step"]
-                step_size = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-                step_size = step_size * max(1e-3, _rms(p).item())
-                p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
-                if group["weight_decay"] > 0.0:
-                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
-        return loss
+    def _update(self, p, grad, state, group) -> None:
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        t = state["step"]
+        step_size = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        step_size = step_size * max(1e-3, _rms(p).item())
+        p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
+        if group["weight_decay"] > 0.0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
 def _relative_scale(p: torch.Tensor) -> float:
@@ -88,7 +93,7 @@ def _check_betas(name: str, betas) -> tuple[float, float]:
     return betas
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(_PerParameterOptimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign of an interpolated momentum.
 
     Per parameter p with gradient g and momentum m (zero at first), with decoupled weight decay:
@@ -106,29 +111,17 @@ class Lion(torch.optim.Optimizer):
                     "rms_scale": bool(rms_scale)}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                momentum = state["exp_avg"]
-                lr = group["lr"] * (_relative_scale(p) if group.get("rms_scale") else 1.0)
-                if group["weight_decay"] != 0.0:
-                    p.mul_(1.0 - lr * group["weight_decay"])
-                direction = torch.mul(momentum, beta1).add_(grad, alpha=1.0 - beta1).sign_()
-                p.add_(direction, alpha=-lr)
-                momentum.mul_(beta2).add_(grad, alpha=1.0 - beta2)
-        return loss
+    def _update(self, p, grad, state, group) -> None:
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p)
+        momentum = state["exp_avg"]
+        lr = group["lr"] * (_relative_scale(p) if group.get("rms_scale") else 1.0)
+        if group["weight_decay"] != 0.0:
+            p.mul_(1.0 - lr * group["weight_decay"])
+        direction = torch.mul(momentum, beta1).add_(grad, alpha=1.0 - beta1).sign_()
+        p.add_(direction, alpha=-lr)
+        momentum.mul_(beta2).add_(grad, alpha=1.0 - beta2)
 
 
 class SophiaG(torch.optim.Optimizer):
