@@ -107,7 +107,7 @@ def test_steps_do_not_depend_on_machine_speed(built_fixture, tmp_path, monkeypat
     monkeypatch.setattr(BertMLM, "forward", slow_forward)
     slow = run(built_fixture, tmp_path, name="slowmachine", budget="2s")
     assert slow["steps"] == fast["steps"] and slow["rst_s"] == fast["rst_s"]
-    assert slow["wall_s"] > fast["wall_s"]
+    assert slow["wall_s"] >= 0.02 * slow["micro_steps"]  # the slowness is real, yet the work done is the same
 
 
 def test_same_seed_same_losses_other_seed_other_losses(built_fixture, tmp_path):
