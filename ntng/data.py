@@ -334,11 +334,13 @@ def pack_token_stream(token_lists: Iterable[list[int]], width: int, separator: i
 
 
 def pack_split(texts: list[str], tok, model: str, width: int, first_id: int = 0):
-    """Packed windows of one split as a Dataset(example_id, input_ids). BERT windows are [CLS] w-2 tokens [SEP];
-    T5 windows are raw tokens (the span collator appends </s>). Documents are separated by [SEP] / </s>."""
+    """Packed windows of one split as a Dataset(example_id, input_ids), and the split's token count (documents'
+    own tokens, before packing). BERT windows are [CLS] w-2 tokens [SEP]; T5 windows are raw tokens (the span
+    collator appends </s>). Documents are separated by [SEP] / </s>."""
     import datasets
 
     encodings = tok.encode_batch(texts, add_special_tokens=False)
+    num_tokens = sum(len(e.ids) for e in encodings)
     token_lists = (e.ids for e in encodings)
     if model == "bert":
         body = pack_token_stream(token_lists, width - 2, vocab.BERT_SEP)
@@ -350,19 +352,19 @@ def pack_split(texts: list[str], tok, model: str, width: int, first_id: int = 0)
     features = datasets.Features({"example_id": datasets.Value("int64"),
                                   "input_ids": datasets.List(datasets.Value("int32"), length=width)})
     ids = np.arange(first_id, first_id + len(windows), dtype=np.int64)
-    return datasets.Dataset.from_dict({"example_id": ids, "input_ids": windows}, features=features)
+    return datasets.Dataset.from_dict({"example_id": ids, "input_ids": windows}, features=features), num_tokens
 
 
 VALIDATION_ID_OFFSET = 1 << 40  # validation windows get ids of their own range: no id names two examples
 
 
 def build_packed(corpus, tok, model: str, width: int):
+    """(DatasetDict of packed train/validation windows, {split: token count of its documents})."""
     import datasets
 
-    return datasets.DatasetDict({
-        "train": pack_split(corpus["train"]["text"], tok, model, width, 0),
-        "validation": pack_split(corpus["validation"]["text"], tok, model, width, VALIDATION_ID_OFFSET),
-    })
+    splits = {split: pack_split(corpus[split]["text"], tok, model, width, first_id)
+              for split, first_id in (("train", 0), ("validation", VALIDATION_ID_OFFSET))}
+    return datasets.DatasetDict({k: v[0] for k, v in splits.items()}), {k: v[1] for k, v in splits.items()}
 
 
 def windows_array(split) -> tuple[np.ndarray, np.ndarray]:
@@ -508,7 +510,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                 corpus_data = corpus_data or datasets.load_from_disk(str(corpus_dir))
                 log(f"packing {pname}")
                 tok = load_tokenizer(model, preset.vocab_size, data_dir, corpus)
-                packed = build_packed(corpus_data, tok, model, packing_width(model, preset))
+                packed, token_counts = build_packed(corpus_data, tok, model, packing_width(model, preset))
                 _save_dataset_atomic(packed, packed_dir)
                 entry["packed"][pname] = {
                     "model": model, "width": packing_width(model, preset), "tokenizer": name,
@@ -516,7 +518,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                     "train_tokens": len(packed["train"]) * packing_width(model, preset),
                     "fingerprint": {s: fingerprint_windows(packed[s]) for s in packed}}
                 if model == "bert":
-                    entry["corpus"]["tokens_" + name] = _count_tokens(corpus_data, tok)
+                    entry["corpus"]["tokens_" + name] = token_counts
                 changed = True
 
     manifest["format"] = DATA_FORMAT
@@ -541,10 +543,6 @@ def _describe_corpus(dataset) -> dict:
                       "by_source": sources}
     return out
 
-
-def _count_tokens(corpus, tok) -> dict:
-    return {split: int(sum(len(e.ids) for e in tok.encode_batch(corpus[split]["text"], add_special_tokens=False)))
-            for split in corpus}
 
 
 def render_manifest(manifest: dict) -> str:

@@ -8,6 +8,7 @@ RST) and writing the run directory of CONTRACT.md. Methods change training only 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -109,8 +110,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
 
 
 def _jsonish(obj):
-    import json
-
+    """`obj` as it reads back from JSON (tuples become lists...), to compare with a stored config."""
     return json.loads(json.dumps(obj, default=str))
 
 
@@ -392,8 +392,7 @@ class Trainer:
         self.evals.append({"step": self.run.step, "rst_s": self.run.clock.rst_seconds, "val_loss": val})
         row["val_loss"] = val
         # one eval covers every fraction it has passed (a step may cross two points of a tiny budget)
-        while self.next_eval < len(self.eval_fractions) and (
-                self.run.clock.budget_fraction >= self.eval_fractions[self.next_eval] or self.run.clock.exhausted):
+        while self._eval_due():
             self.next_eval += 1
         self.log(f"step {self.run.step:5d}  rst {self.run.clock.rst_seconds:8.1f}/{self.spec.budget_rst_s:g} s  "
                  f"val_loss {val:.4f}  wall {self.wall_s:.1f} s")
