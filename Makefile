@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
+	@# the book test drives headless Chromium (Debian's package); it fails, not skips, without it
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true
 	$(BIN)/ruff check ntng tests tools
 	@# pytest's exit code 5 (no test collected) is a broken suite, not a pass
 	$(BIN)/python -m pytest; rc=$$?; \

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
     "build_model": "models", "pretrain": "train", "calibrate": "calibration", "read_metrics": "records",
+    "build_book": "book", "load_runs": "report",
     "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
 }
 

@@ -125,7 +125,6 @@ def build_parser() -> OneLineParser:
 NOT_YET = {
     "finetune": "issue 8 (downstream evaluation)",
     "sweep": "issue 7 (the papermill grid)",
-    "book": "issue 9 (the Jupyter Book)",
 }
 
 
@@ -172,6 +171,14 @@ def cmd_pretrain(args) -> int:
     return 0 if summary["status"] == "complete" else 1
 
 
+def cmd_book(args) -> int:
+    from .book import build_book
+
+    index = build_book(preset=args.preset, results=args.results, log=lambda m: print(f"ntng book: {m}", flush=True))
+    print(f"ntng book: open {index}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -182,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         if args.command in NOT_YET:
             raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
-        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain}[args.command](args)
+        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
+                "book": cmd_book}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,164 @@
+"""`ntng book`: run the preset's grid where it is missing, then build the Jupyter Book (HTML) from the run records.
+
+The book's sources (`_config.yml`, `book/`) are copied into a staging folder (`<out>/_build/source`) together with
+the grid's executed notebooks (one appendix page each, listed in the staged `_toc.yml`), so the checkout is never
+written to. The pages learn which records to read from NTNG_BOOK_RESULTS / NTNG_BOOK_PRESET. They execute at build
+time through Jupyter Book's cache; the cache is cleared whenever the records (or the code that reads them) change,
+so a page never shows numbers of an earlier build. Training never runs inside the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import RunError, UsageError
+from .presets import MODELS, get_preset
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: _config.yml and book/ live here
+SOURCES = ("_config.yml", "book")
+CALIBRATION_REPEATS = 3  # a quick table of this machine for the RST chapter (the shipped tables used 7)
+
+
+def check_sources(root: Path = ROOT) -> None:
+    missing = [name for name in (*SOURCES, "book/_toc.yml") if not (root / name).exists()]
+    if missing:
+        raise UsageError(f"the book's sources are not here ({', '.join(str(root / m) for m in missing)} missing): "
+                         "`ntng book` runs from a checkout of the project")
+
+
+def run_notebooks(results: Path, preset: str) -> list[Path]:
+    """Executed grid notebooks: results/<preset>/<model>/<method>/<budget>/seed<k>/notebook.ipynb."""
+    root = Path(results) / preset
+    return sorted(root.glob("*/*/*/seed*/notebook.ipynb")) if root.is_dir() else []
+
+
+def _appendix_name(notebook: Path) -> tuple[str, str]:
+    seed, budget, method, model = notebook.parent.parts[-1:-5:-1]
+    return f"{model}-{method}-{budget}-{seed}", f"{model} / {method} / {budget} / {seed}"
+
+
+def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) -> int:
+    """Copy the book's sources into `stage`, add the executed notebooks as appendix pages; returns how many."""
+    import nbformat
+    import yaml
+
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    shutil.copyfile(root / "_config.yml", stage / "_config.yml")
+    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("_build", "runs", ".*"))
+    toc_path = stage / "book" / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text())
+    sections = []
+    (stage / "book" / "runs").mkdir()
+    for notebook in run_notebooks(results, preset):
+        name, title = _appendix_name(notebook)
+        try:
+            nb = nbformat.read(notebook, as_version=4)
+        except Exception as exc:  # a damaged notebook is a record problem, not a build failure
+            nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+                f"The executed notebook of this run ({notebook}) cannot be read: {type(exc).__name__}.")])
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\nThe executed notebook of `{notebook.parent}`,"
+                                                         " as papermill left it."))
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, stage / "book" / "runs" / f"{name}.ipynb")
+        sections.append({"file": f"book/runs/{name}", "title": title})
+    if sections:
+        for chapter in toc["chapters"]:
+            if chapter.get("file") == "book/appendix":
+                chapter["sections"] = sections
+    toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    return len(sections)
+
+
+def records_fingerprint(results: Path, preset: str) -> str:
+    """Changes whenever a record under results/<preset>/ or the code that reads them changes."""
+    digest = hashlib.sha256(f"{Path(results).resolve()}|{preset}".encode())
+    root = Path(results) / preset
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checkpoint.pt"):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    for module in ("report.py", "figures.py", "presets.py", "rst.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    for path in sorted((Path(__file__).parent / "tables").glob("*.json")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def calibrate_here(results: Path, preset: str, models, log=print) -> None:
+    """This machine's RST tables for the RST chapter (once; kept with the results)."""
+    from .calibration import calibrate
+    from .report import calibration_dir
+
+    folder = calibration_dir(results, preset)
+    for model in models:
+        out = folder / f"{model}.json"
+        if out.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        log(f"measuring this machine's RST table for {model} at preset {preset} -> {out}")
+        calibrate(preset, model, out=out, repeats=CALIBRATION_REPEATS, log=lambda m: None)
+
+
+def build_book(preset: str = "smoke", results: str | Path = "results", run_grid: bool = True, log=print,
+               out_dir: str | Path | None = None, calibrate: bool | None = None) -> Path:
+    """Build the HTML book from results/<preset>/ and return the path of its index.html.
+
+    run_grid: run the preset's grid first (`ntng.grid.sweep`, which skips complete runs, with fine-tuning).
+    out_dir: where `_build/` goes (default: the checkout). calibrate: measure this machine's RST tables where
+    missing (default: when run_grid)."""
+    get_preset(preset)  # an unknown preset is a usage error before anything runs
+    check_sources()
+    results = Path(results).resolve()
+    out = Path(out_dir).resolve() if out_dir is not None else ROOT
+    if run_grid:
+        try:
+            from .grid import sweep
+        except ImportError as exc:
+            raise UsageError(f"`ntng book` runs the grid with ntng.grid.sweep, which cannot be imported ({exc}); "
+                             "pass run_grid=False to build from existing records") from None
+        log(f"running the {preset} grid into {results} (complete runs are skipped)")
+        sweep(preset=preset, results=results, finetune=True, log=log)
+    if calibrate if calibrate is not None else run_grid:
+        calibrate_here(results, preset, MODELS, log=log)
+
+    build = out / "_build"
+    stage = build / "source"
+    pages = stage_sources(stage, results, preset)
+    fingerprint = records_fingerprint(results, preset)
+    stamp = build / ".ntng-records"
+    if not stamp.exists() or stamp.read_text() != fingerprint:
+        shutil.rmtree(build / ".jupyter_cache", ignore_errors=True)  # cached page outputs were of other records
+    env = {**os.environ, "NTNG_BOOK_RESULTS": str(results), "NTNG_BOOK_PRESET": preset,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MPLBACKEND": "Agg", "NO_COLOR": "1"}
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage), "--path-output", str(out),
+               "--toc", str(stage / "book" / "_toc.yml"), "--config", str(stage / "_config.yml"),
+               "-W", "-n", "--keep-going", "--all"]
+    if not Path(command[0]).exists():
+        command[0:1] = [sys.executable, "-m", "jupyter_book.cli.main"]
+    log(f"building the book from {results / preset} ({pages} executed notebook(s) in the appendix)")
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=stage, env=env, capture_output=True, text=True)
+    log_path = build / "book-build.log"
+    log_path.write_text(proc.stdout + proc.stderr)
+    index = build / "html" / "index.html"
+    if proc.returncode != 0 or not index.exists():
+        problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                    if ("WARNING" in line or "ERROR" in line or "Error" in line) and "[IPKernelApp]" not in line]
+        first = problems[0].strip() if problems else f"jupyter-book exited with {proc.returncode}"
+        raise RunError(f"the book build failed ({len(problems)} warning(s)/error(s); first: {first}); "
+                       f"full log: {log_path}")
+    stamp.write_text(fingerprint)
+    (build / "book.json").write_text(json.dumps({"preset": preset, "results": str(results), "index": str(index),
+                                                 "seconds": round(time.perf_counter() - started, 1)}))
+    log(f"built in {time.perf_counter() - started:.0f} s: {index}")
+    return index

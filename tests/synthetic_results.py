@@ -1,0 +1,146 @@
+"""A results folder written by hand, shaped like a sweep's (CONTRACT.md), with numbers chosen so every aggregate
+the book shows can be computed independently in the tests. No training runs.
+
+Curves: val_loss(t) = L0 - (L0 - final) * (t / B) ** 0.5 at t = k B / 10, k = 0..10 (L0 = 7).
+Final losses: the baseline's is 6 - log2(B / 5) * 0.5 + seed * 0.02; a method's adds DELTA[method] * 5 / B, so each
+method's gap to the baseline shrinks as the budget B grows (the shape of the paper's claim).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import nbformat
+
+from ntng.records import METRIC_COLUMNS
+
+PRESET = "smoke"
+BUDGETS = {"5s": 5.0, "10s": 10.0, "20s": 20.0}
+DELTA = {"layer_stacking": -0.10, "layer_dropping": 0.05, "selective_backprop": 0.20, "lion": 0.30, "sophia": 0.15}
+L0 = 7.0
+CARD = {"layer_stacking": "**What.** Start with L/4 blocks; double at 12.5% and 30% of the RST budget.",
+        "layer_dropping": "**What.** Skip block i of L with probability (1 - theta) i / L.",
+        "selective_backprop": "**Selective backprop.** Keep an example with probability percentile^scale.",
+        "lion": "**Lion.** Sign-of-momentum update.", "sophia": "**Sophia-G.** Clipped diagonal Newton step."}
+
+
+def png(width: int = 8, height: int = 6) -> bytes:
+    """A small solid-red PNG, the image output of the synthetic executed notebooks."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def baseline_final(budget_s: float, seed: int) -> float:
+    return 6.0 - math.log2(budget_s / 5.0) * 0.5 + seed * 0.02
+
+
+def final_loss(method: str, budget_s: float, seed: int) -> float:
+    return baseline_final(budget_s, seed) + (DELTA.get(method, 0.0) * 5.0 / budget_s if method != "baseline" else 0)
+
+
+def curve(budget_s: float, final: float) -> list[tuple[float, float]]:
+    return [(k * budget_s / 10, L0 - (L0 - final) * (k / 10) ** 0.5) for k in range(11)]
+
+
+def write_run(root: Path, model: str, method: str, budget: str, seed: int, status: str = "complete",
+              notebook: bool = False, stats: dict | None = None, rst_scale: float = 1.0) -> Path:
+    budget_s = BUDGETS[budget]
+    run_dir = root / PRESET / model / method / budget / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    final = final_loss(method, budget_s, seed)
+    points = curve(budget_s, final)
+    steps = 20
+    if status != "complete":
+        points = points[:4]
+        steps = 6
+    config = {"model": model, "method": method, "preset": PRESET, "seed": seed, "budget": budget,
+              "budget_rst_s": budget_s, "rst_table": {"name": f"smoke-{model}-AMD_EPYC"},
+              "method_card": CARD.get(method, ""), "precision": "bfloat16",
+              "versions": {"ntng": "0.1.0", "torch": "2.13.0"},
+              "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "device": "cpu", "python": "3.11.7"}}
+    rows = []
+    for step in range(steps + 1):
+        rst = budget_s * step / 20
+        depth = 4 if method != "layer_stacking" else (1 if step < 3 else 2 if step < 6 else 4)
+        evals = [v for r, v in points if abs(r - rst) < 1e-9]
+        rows.append([step, rst, rst * 1.3 * rst_scale, step * 512, (L0 - 0.05 * step) if step else "",
+                     1e-3 if step else "", depth if step else "", evals[0] if evals else ""])
+    (run_dir / "metrics.csv").write_text(",".join(METRIC_COLUMNS) + "\n"
+                                         + "".join(",".join(str(c) for c in r) + "\n" for r in rows))
+    rst_total = budget_s * steps / 20
+    summary = {"status": status, "budget_rst_s": budget_s, "rst_s": rst_total, "wall_s": rst_total * 1.3 * rst_scale,
+               "steps": steps, "tokens": steps * 512, "final_val_loss": final if status == "complete" else None,
+               "evals": [{"rst_s": r, "val_loss": v} for r, v in points],
+               "rst_breakdown": {"train": rst_total * 0.8, "scoring": rst_total * 0.15 if "selective" in method
+                                 else 0.0, "hessian": 0.0, "optimizer": rst_total * 0.05},
+               "method_stats": {"mean_active_layers": 3.5, **(stats or {})}}
+    if status == "failed":
+        summary["error"] = "RuntimeError: simulated failure at step 6"
+    if status == "diverged":
+        summary["error"] = "non-finite training loss (nan) at step 6, 3.0 s RST"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    if notebook:
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_markdown_cell("# Pre-train one model with one method under an RST budget"),
+            nbformat.v4.new_code_cell("summary = ntng.pretrain(...)", execution_count=1, outputs=[
+                nbformat.v4.new_output("stream", name="stdout", text="step 20  val_loss 5.5\n")]),
+            nbformat.v4.new_code_cell("plot()", execution_count=2, outputs=[nbformat.v4.new_output(
+                "display_data", data={"image/png": base64.b64encode(png()).decode(), "text/plain": "<Figure>"})])])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, run_dir / "notebook.ipynb")
+    return run_dir
+
+
+def write_finetune(run_dir: Path, task: str, score: float, floor: float) -> None:
+    folder = run_dir / "finetune"
+    folder.mkdir(exist_ok=True)
+    parts = run_dir.parts
+    (folder / f"{task}.json").write_text(json.dumps({
+        "task": task, "suite": "offline", "metric": "accuracy", "best_dev_score": score, "best_epoch": 2,
+        "epochs": [{"epoch": e, "dev_score": score - 0.01 * (3 - e), "train_loss": 1.0 / e} for e in (1, 2, 3)],
+        "floor": {"best_dev_score": floor}, "wall_s": 3.0, "model": parts[-5], "method": parts[-4],
+        "preset": PRESET, "budget": parts[-2], "seed": int(parts[-1][4:])}))
+
+
+def write_results(root: Path) -> dict:
+    """The synthetic grid; returns what was written (for the tests' own expectations)."""
+    methods = ["baseline", "layer_stacking", "layer_dropping", "selective_backprop", "lion", "sophia"]
+    for method in methods:
+        for budget in BUDGETS:
+            for seed in (0, 1):
+                stats = {}
+                if method == "selective_backprop":
+                    stats = {"keep_rate": 0.5 + 0.01 * seed, "scored_mean_loss": 6.0}
+                if method == "sophia":
+                    stats = {"hessian_updates": 2, "clip_fraction": 0.3}
+                run = write_run(root, "bert", method, budget, seed, stats=stats,
+                                notebook=(seed == 0 and budget == "5s"),
+                                rst_scale=1.6 if method == "layer_dropping" else 1.0)
+                if budget == "20s" and method in ("baseline", "layer_stacking"):
+                    write_finetune(run, "spam_ham", 0.90 + (0.02 if method == "baseline" else 0.0) + 0.01 * seed,
+                                   0.60)
+    write_run(root, "t5", "baseline", "5s", 0)
+    write_run(root, "t5", "lion", "5s", 0)
+    write_run(root, "bert", "rho_loss", "5s", 0, status="diverged")
+    write_run(root, "bert", "rho_loss", "5s", 1, status="failed", notebook=True)
+    # damaged records
+    bad = write_run(root, "bert", "rho_loss", "10s", 0)
+    text = (bad / "metrics.csv").read_text()
+    (bad / "metrics.csv").write_text(text[: len(text) // 2])  # cut mid-file
+    bad = write_run(root, "bert", "rho_loss", "10s", 1)
+    (bad / "summary.json").write_text('{"status": "complete", "evals": [')
+    bad = write_run(root, "bert", "rho_loss", "20s", 0)
+    (bad / "config.json").unlink()
+    (root / PRESET / "bert" / "baseline" / "20s" / "seed1" / "finetune" / "brown_genre.json").write_text("{oops")
+    return {"unreadable": {"bert/rho_loss/10s/seed0": "metrics.csv", "bert/rho_loss/10s/seed1": "summary.json",
+                           "bert/rho_loss/20s/seed0": "config.json",
+                           "bert/baseline/20s/seed1": "finetune/brown_genre.json"}}

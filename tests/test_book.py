@@ -1,0 +1,148 @@
+"""The book, built from a synthetic results folder (no training) and opened in headless Chromium: every image loads,
+no page shows an error or a traceback, the navigation reaches every chapter, and the introduction's result table
+holds the numbers of the run directories."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import synthetic_results as syn
+import yaml
+from headless_chromium import Browser, find_chromium
+
+from ntng.book import ROOT, build_book
+
+# every <img> settled (loaded or failed), then naturalWidth per image
+IMAGES_JS = """(async () => {
+  const imgs = [...document.images];
+  await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = r; i.onerror = r; })));
+  return imgs.map(i => ({src: i.getAttribute("src"), width: i.naturalWidth}));
+})()"""
+# visible text of the page's main part, without the places meant to show recorded failures (div.ntng-record)
+TEXT_JS = """(() => {
+  const records = [...document.querySelectorAll("main .ntng-record")];
+  records.forEach(e => { e.style.display = "none"; });
+  const text = document.querySelector("main").innerText;
+  records.forEach(e => { e.style.display = ""; });
+  return text;
+})()"""
+ERROR_OUTPUTS_JS = """document.querySelectorAll(
+  ".output.error, .output.traceback, .output.stderr, .system-message, .problematic").length"""
+NAV_JS = """[...document.querySelectorAll("nav.bd-docs-nav a.reference")].map(a => a.href)"""
+TABLE_JS = """[...document.querySelectorAll("main table")].map(t => [...t.rows].map(r => [...r.cells].map(c =>
+  c.innerText.trim())))"""
+RECORD_JS = """[...document.querySelectorAll("main .ntng-record")].map(e => e.innerText).join("\\n")"""
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.fail("headless Chromium is needed for the book test and is not installed: `apt-get install -y "
+                    "chromium` (make test installs it where apt-get is available)")
+    root = tmp_path_factory.mktemp("book")
+    results = root / "results"
+    written = syn.write_results(results)
+    started = time.perf_counter()
+    index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=root / "out", log=print)
+    print(f"book built in {time.perf_counter() - started:.0f} s")
+    with Browser(chromium) as browser:
+        yield {"index": index, "results": results, "written": written, "browser": browser}
+
+
+def _chapters() -> list[str]:
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    return [toc["root"]] + [c["file"] for c in toc["chapters"]]
+
+
+def _visit(browser, url: str) -> dict:
+    browser.open(url)
+    return {"images": browser.evaluate(IMAGES_JS), "text": browser.evaluate(TEXT_JS),
+            "error_outputs": browser.evaluate(ERROR_OUTPUTS_JS), "nav": browser.evaluate(NAV_JS)}
+
+
+def test_every_page_loads_its_images_and_shows_no_error(book):
+    browser = book["browser"]
+    # index.html (what `ntng book` prints) redirects to the introduction
+    redirect = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', book["index"].read_text(), re.I)
+    assert redirect and redirect.group(1) == "book/intro.html"
+    start = _visit(browser, (book["index"].parent / redirect.group(1)).as_uri())
+    pages = list(dict.fromkeys(u.split("#")[0] for u in start["nav"]))
+    chapters = {c: f"/{c}.html" for c in _chapters()}
+    for chapter, suffix in chapters.items():
+        assert any(u.endswith(suffix) for u in pages) or chapter == "book/intro", f"{chapter} not in the navigation"
+    runs = [u for u in pages if "/book/runs/" in u]
+    notebooks = sorted(book["results"].glob("smoke/*/*/*/seed*/notebook.ipynb"))
+    assert len(runs) == len(notebooks) == 7, "one appendix page per executed notebook"
+    visited = {}
+    for url in pages:
+        page = _visit(browser, url)
+        visited[url] = page
+        broken = [i["src"] for i in page["images"] if i["width"] == 0]
+        assert not broken, f"{url}: images that do not load: {broken}"
+        assert "Traceback" not in page["text"], f"{url} shows a traceback"
+        errors = sorted(set(re.findall(r"\b\w*(?:Error|Exception)\b", page["text"])))
+        assert not errors, f"{url} shows error text outside the run records: {errors}"
+        assert page["error_outputs"] == 0, f"{url} has error/stderr outputs or Sphinx problem markers"
+        # the navigation reaches every chapter from every page
+        assert all(any(u.split("#")[0].endswith(s) for u in page["nav"] + [url]) for s in chapters.values())
+    figures_per_page = {c: max((len(p["images"]) for u, p in visited.items() if u.endswith(f"/{c}.html")),
+                               default=0) for c in _chapters()}
+    for chapter in ("book/rst", "book/dynamic", "book/selection", "book/optimizers", "book/downstream"):
+        assert figures_per_page[chapter] >= 1, f"{chapter} has no figure"
+    assert figures_per_page["book/dynamic"] >= 6  # curves, final, difference, speed-up, wall, active layers
+    assert figures_per_page["book/selection"] >= 6  # ... and keep rates
+    assert all(len(visited[u]["images"]) >= 1 for u in runs), "an executed notebook lost its image output"
+
+
+def _expected_final(results: Path, model: str, method: str, budget: str) -> list[float]:
+    out = []
+    for summary in sorted((results / syn.PRESET / model / method / budget).glob("seed*/summary.json")):
+        record = json.loads(summary.read_text())
+        if record["status"] == "complete":
+            out.append(record["final_val_loss"])
+    return out
+
+
+def test_introduction_table_matches_the_run_directories(book):
+    browser, results = book["browser"], book["results"]
+    browser.open((book["index"].parent / "book" / "intro.html").as_uri())
+    tables = browser.evaluate(TABLE_JS)
+    table = next(t for t in tables if t and "final val loss [95% CI]" in t[0])
+    header = table[0]
+    rows = {(r[0], r[1], r[2]): dict(zip(header, r, strict=True)) for r in table[1:]}
+    labels = {"baseline": "baseline", "layer_stacking": "layer stacking", "layer_dropping": "layer dropping",
+              "selective_backprop": "selective backprop", "lion": "Lion", "sophia": "Sophia"}
+    checked = 0
+    for method, label in labels.items():
+        for budget in syn.BUDGETS:
+            losses = _expected_final(results, "bert", method, budget)
+            base = _expected_final(results, "bert", "baseline", budget)
+            row = rows[("bert", label, budget)]
+            assert row["final val loss [95% CI]"].startswith(f"{sum(losses) / len(losses):.3f}")
+            assert row["complete/runs"] == f"{len(losses)}/2"
+            if method != "baseline":
+                diff = sum(a - b for a, b in zip(losses, base, strict=True)) / len(losses)
+                assert row["vs baseline [95% CI]"].startswith(f"{diff:+.3f}")
+            checked += 1
+    assert checked == 18
+    assert rows[("t5", "Lion", "5s")]["verdict"] == "one seed: higher loss"
+    assert rows[("bert", "RHO-LOSS", "5s")]["complete/runs"] == "0/2 (1 diverged, 1 failed)"
+    records = browser.evaluate(RECORD_JS)
+    for run, file in book["written"]["unreadable"].items():
+        assert run in records and file in records, f"{run} ({file}) is not listed as unreadable"
+    assert "diverged" in records and "RuntimeError: simulated failure" in records
+
+
+def test_a_family_without_runs_says_so(tmp_path):
+    results = tmp_path / "results"
+    syn.write_run(results, "bert", "baseline", "5s", 0)
+    syn.write_run(results, "bert", "lion", "5s", 0)
+    index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=tmp_path / "out", log=print)
+    html = (index.parent / "book" / "dynamic.html").read_text()
+    assert "No runs of layer stacking and layer dropping" in html
+    assert "No fine-tuning results" in (index.parent / "book" / "downstream.html").read_text()
