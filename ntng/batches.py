@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .collate import BertMLMCollator, T5SpanCollator
+from .collate import BertMLMCollator, T5SpanCollator, narrow_masked_positions
 from .presets import Preset
 
 
@@ -31,6 +31,11 @@ def take_rows(batch: dict, rows) -> dict:
 
 
 def concat_batches(batches: list[dict]) -> dict:
+    """One batch of the rows of several. Masked-LM batches of different masked widths are first narrowed to the
+    smallest (`narrow_masked_positions`)."""
+    if "mlm_positions" in batches[0]:
+        width = min(b["mlm_positions"].shape[1] for b in batches)
+        batches = [narrow_masked_positions(b, width) for b in batches]
     return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 

@@ -90,6 +90,29 @@ def mask_tokens(
     }
 
 
+def narrow_masked_positions(batch: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """The batch with `width` of each row's k masked positions (k >= width) still masked: a uniformly random subset,
+    fixed by the row's example id (its row index without ids), the others given back their original token.
+
+    Micro-batches collated apart may have different k (k follows the fewest maskable tokens in a batch); batch
+    selection joins rows of several, and a batch needs one width.
+    """
+    positions, labels = batch["mlm_positions"], batch["mlm_labels"]
+    rows, k = positions.shape
+    assert 0 < width <= k, (width, k)
+    if width == k:
+        return batch
+    keys = batch["example_ids"] if "example_ids" in batch else torch.arange(rows)
+    keep = torch.stack([torch.randperm(k, generator=torch.Generator().manual_seed(int(key) % (1 << 63)))[:width]
+                        for key in keys]).sort(dim=1).values
+    dropped = torch.ones(rows, k, dtype=torch.bool)
+    dropped.scatter_(1, keep, False)
+    input_ids = batch["input_ids"].clone()
+    input_ids[torch.arange(rows)[:, None].expand(rows, k)[dropped], positions[dropped]] = labels[dropped]
+    return {**batch, "input_ids": input_ids, "mlm_positions": positions.gather(1, keep),
+            "mlm_labels": labels.gather(1, keep)}
+
+
 class BertMLMCollator:
     """Turns packed [CLS] ... [SEP] windows into a sparse-MLM batch (see `mask_tokens`)."""
 

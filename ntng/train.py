@@ -28,6 +28,7 @@ from .presets import METHODS, MODELS, Preset, format_budget, get_preset, parse_b
 from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
 from .schedules import SCHEDULES
+from .splits import DATA_SPLITS, select_split
 
 EVAL_MASK_SEED = 20230711  # one fixed masking of the validation windows, shared by every run: losses compare
 
@@ -51,13 +52,14 @@ class PretrainSpec:
     data_dir: Path
     corpus: str
     method_options: dict
+    data_split: str  # which training windows the run sees (ntng.splits.DATA_SPLITS)
 
     def identity(self) -> dict:
         """What must match for --resume to continue this run."""
         return {"model": self.model, "method": self.method, "budget_rst_s": self.budget_rst_s,
                 "preset": self.preset.name, "seed": self.seed, "rst_table": self.table.name,
                 "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
-                "method_options": self.method_options}
+                "method_options": self.method_options, "data_split": self.data_split}
 
 
 def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int, results: Path | str = "results"):
@@ -67,14 +69,22 @@ def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int
 def resolve(model: str, method: str, budget: str | float, preset: str | Preset = "smoke", seed: int = 0,
             out_dir: str | Path | None = None, resume: bool = False, rst_table: str | Path | None = None,
             free_scoring: bool = False, free_hessian: bool = False, data_dir: str | Path | None = None,
-            corpus: str = "offline", method_options: dict | None = None) -> PretrainSpec:
-    """Check every argument; raise UsageError naming the first bad one. Writes nothing."""
+            corpus: str = "offline", method_options: dict | None = None,
+            data_split: str | None = None) -> PretrainSpec:
+    """Check every argument; raise UsageError naming the first bad one. Writes nothing.
+    `data_split` None: the method's own (every window, except RHO-LOSS's 80%)."""
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
-    build_method(method, model, preset_obj, **(method_options or {}))  # validates the method's settings now
+    method_obj = build_method(method, model, preset_obj, **(method_options or {}))  # validates its settings now
+    if data_split is None:
+        data_split = method_obj.data_split
+    if data_split not in DATA_SPLITS:
+        raise UsageError(f"unknown data split {data_split!r} (choose from {', '.join(DATA_SPLITS)})")
+    if method_obj.requires_data_split and data_split != method_obj.data_split:
+        raise UsageError(f"method {method} trains on the {method_obj.data_split!r} split only, not {data_split!r}")
     budget_text = budget if isinstance(budget, str) else f"{float(budget):g}s"
     budget_s = parse_budget(budget_text)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -95,7 +105,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
                         seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
                         free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
-                        method_options=dict(method_options or {}))
+                        method_options=dict(method_options or {}), data_split=data_split)
     run_dir = RunDir(out)
     if resume:
         if not run_dir.config_path.exists() or not run_dir.checkpoint_path.exists():
@@ -217,11 +227,12 @@ class Trainer:
         self.recipe = preset.recipe(model_name)
         self.method: Method = build_method(spec.method, model_name, preset, **spec.method_options)
         self.schedule = SCHEDULES[self.recipe.schedule]
+        self.prepared = self.method.prepare(spec, log)  # e.g. RHO-LOSS's IL model: built once, reported apart
 
         tokenizer = data_mod.load_tokenizer(model_name, preset.vocab_size, spec.data_dir, spec.corpus)
         self.vocab_size = tokenizer.get_vocab_size()
         packed = data_mod.load_packed(model_name, preset, spec.data_dir, spec.corpus)
-        train_ids, train_windows = data_mod.windows_array(packed["train"])
+        train_ids, train_windows = select_split(*data_mod.windows_array(packed["train"]), spec.data_split)
         val_ids, val_windows = data_mod.windows_array(packed["validation"])
         self.data_fingerprint = data_mod.fingerprint_windows(packed["train"])
 
@@ -233,7 +244,7 @@ class Trainer:
         free = tuple(k for k, on in (("scoring", spec.free_scoring), ("hessian", spec.free_hessian)) if on)
         clock = RSTClock(spec.table, spec.budget_rst_s, free=free)
         self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
-                       model_name=model_name, amp_dtype=self.amp_dtype)
+                       model_name=model_name, amp_dtype=self.amp_dtype, seed=spec.seed)
         self.method.bind(self.run)  # may reshape the model (e.g. start stacking from L/4 blocks)
         self.run.optimizer = self.method.build_optimizer(self.run.model)
         self.eval_batches = self._eval_batches(val_windows, val_ids)
@@ -282,6 +293,7 @@ class Trainer:
             "budget": spec.budget, "budget_rst_s": spec.budget_rst_s,
             "rst_table": {"name": spec.table.name, "path": spec.table_path, "machine": spec.table.machine},
             "free_scoring": spec.free_scoring, "free_hessian": spec.free_hessian,
+            "data_split": spec.data_split, "data_split_means": DATA_SPLITS[spec.data_split],
             "recipe": asdict(self.recipe), "method_settings": self.method.settings(),
             "method_card": self.method.card,
             "shape": asdict(self.shape), "preset_full": spec.preset.to_dict(),
@@ -304,6 +316,7 @@ class Trainer:
             "evals": self.evals, "rst_breakdown": dict(clock.breakdown), "rst_units": dict(clock.units),
             "method_stats": {"mean_active_layers": self.layer_sum / max(1, self.run.micro_step),
                              **self.method.stats()},
+            "data_split": self.spec.data_split, **self.prepared,
         }
         if error:
             out["error"] = error
@@ -446,10 +459,10 @@ def pretrain(model: str = "bert", method: str = "baseline", budget: str = "30s",
              seed: int = 0, out_dir: str | Path | None = None, resume: bool = False,
              rst_table: str | Path | None = None, free_scoring: bool = False, free_hessian: bool = False,
              data_dir: str | Path | None = None, corpus: str = "offline", method_options: dict | None = None,
-             log=print) -> dict:
+             data_split: str | None = None, log=print) -> dict:
     """Pre-train one model with one method under an RST budget; returns summary.json's content."""
     spec = resolve(model, method, budget, preset, seed, out_dir, resume, rst_table, free_scoring, free_hessian,
-                   data_dir, corpus, method_options)
+                   data_dir, corpus, method_options, data_split)
     try:
         trainer = Trainer(spec, log=log)
     except (KeyboardInterrupt, UsageError, RunError):

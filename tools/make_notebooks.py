@@ -36,12 +36,14 @@ rst_table: str = ""  # RST table JSON (from `ntng calibrate`) to charge with; em
 free_scoring: bool = False  # ablation: batch-selection scoring passes cost no RST
 free_hessian: bool = False  # ablation: Sophia's Hessian passes cost no RST
 data_dir: str = ""  # data directory; empty: ./data or $NTNG_DATA_DIR
+data_split: str = ""  # training windows: full | rho_main (RHO-LOSS's 80%); empty: the method's own
 '''),
         new_code_cell('''import ntng
 
 summary = ntng.pretrain(model=model, method=method, budget=budget, preset=preset, seed=seed,
                         out_dir=out_dir or None, resume=resume, rst_table=rst_table or None,
-                        free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir or None)
+                        free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir or None,
+                        data_split=data_split or None)
 {k: summary[k] for k in ("status", "steps", "rst_s", "wall_s", "tokens", "final_val_loss", "run_dir")}'''),
         new_code_cell('''import matplotlib.pyplot as plt
 import seaborn as sns

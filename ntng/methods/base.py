@@ -42,6 +42,7 @@ class Run:
     batches: Any  # ntng.batches.BatchStream
     preset: Preset
     model_name: str
+    seed: int = 0  # the run's seed: methods that draw random numbers seed their own generators from it
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches trained on
     amp_dtype: torch.dtype | None = None  # the loop's autocast precision (None: fp32); extra passes use the same
@@ -53,6 +54,10 @@ class Method:
 
     name = "baseline"
     card = ""  # a short method card (what, where from, hyper-parameters, survey category), shown in the book
+    # The part of the training windows the method trains on by default ("full"; RHO-LOSS: "rho_main", the 80% that
+    # its irreducible-loss model did not see). See `ntng.splits`.
+    data_split = "full"
+    requires_data_split = False  # True: the method cannot train on any other split
 
     def __init__(self, model: str, preset: Preset, **options):
         if options:
@@ -69,6 +74,11 @@ class Method:
 
     def settings(self) -> dict:
         """Method hyper-parameters, recorded in config.json."""
+        return {}
+
+    def prepare(self, spec, log) -> dict:
+        """Before the run is built: make what the method needs from outside the run (RHO-LOSS: its irreducible-
+        loss model and losses, built once and cached). Returns facts for summary.json, under their own keys."""
         return {}
 
     # --- hooks -------------------------------------------------------------------------------------------
