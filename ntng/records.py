@@ -51,11 +51,14 @@ def _jsonable(value):
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise RunError(f"missing {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"corrupt {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise RunError(f"corrupt {path}: a JSON object was expected, found {type(value).__name__}")
+    return value
 
 
 def format_cell(value) -> str:
@@ -88,6 +91,11 @@ class RunDir:
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Half-written files of a killed writer (`.<name>.tmp-<pid>`): never read, safe to drop."""
+        for tmp in self.path.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
     def write_config(self, config: dict) -> None:
         write_json(self.config_path, config)

@@ -175,7 +175,11 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
            "error": summary.get("error") or "", "rst_table": (config.get("rst_table") or {}).get("name", ""),
            "free_scoring": bool(config.get("free_scoring")), "free_hessian": bool(config.get("free_hessian")),
            "method_card": config.get("method_card") or "", "run_dir": str(run_dir),
-           "has_notebook": (run_dir / "notebook.ipynb").is_file()}
+           "has_notebook": (run_dir / "notebook.ipynb").is_file(),
+           "data_split": summary.get("data_split") or config.get("data_split") or "full"}
+    il_model = summary.get("il_model")  # RHO-LOSS: its IL model's own cost, reported apart from the budget
+    row["il_rst_s"] = (_finite(il_model.get("rst_s")) + _finite(il_model.get("scoring_rst_s", 0.0))
+                       if isinstance(il_model, dict) else math.nan)
     breakdown = summary.get("rst_breakdown") or {}
     for part in RST_PARTS:
         row[f"rst_{part}"] = _finite(breakdown.get(part, 0.0))
@@ -680,6 +684,8 @@ def method_stats_text(table: RunTable, methods) -> str:
                 share = (g[f"rst_{part}"] / rst).mean()
                 if math.isfinite(share) and share > 0:
                     row[f"RST share {part}"] = f"{100 * share:.1f}%"
+            if g["il_rst_s"].notna().any():
+                row["IL model RST s (apart from the budget)"] = fmt(g["il_rst_s"].mean(), 4)
             for col in stat_cols:
                 row[col[5:]] = fmt(g[col].mean(), 3)
             rows.append(row)
