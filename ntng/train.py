@@ -108,12 +108,17 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
                         method_options=dict(method_options or {}), data_split=data_split)
     run_dir = RunDir(out)
     if resume:
-        if not run_dir.config_path.exists() or not run_dir.checkpoint_path.exists():
-            raise UsageError(f"nothing to resume in {out} (no config.json and checkpoint.pt)")
-        previous = run_dir.read_config().get("identity")
+        if not run_dir.config_path.exists():
+            raise UsageError(f"nothing to resume in {out} (no config.json)")
+        try:
+            previous = run_dir.read_config().get("identity")
+        except RunError as exc:
+            raise UsageError(f"cannot resume: {exc}") from None
         if previous != _jsonish(spec.identity()):
             diff = sorted(k for k in spec.identity() if (previous or {}).get(k) != _jsonish(spec.identity())[k])
             raise UsageError(f"--resume of {out} with a different config ({', '.join(diff) or 'unknown'} differ)")
+        if not run_dir.checkpoint_path.exists():
+            spec.resume = False  # killed before its first checkpoint: nothing was kept, so it starts over
     elif run_dir.summary_path.exists() or run_dir.checkpoint_path.exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     return spec
@@ -414,9 +419,11 @@ class Trainer:
         """Run to the budget. `stop_after_steps` stops early without completing (tests of resume use it)."""
         spec, run, clock = self.spec, self.run, self.run.clock
         if spec.resume:
+            self.run_dir.remove_temporaries()
             self.restore()
         else:
             self.run_dir.create()
+            self.run_dir.remove_temporaries()
             self.run_dir.write_config(self.config())
             self.run_dir.start_metrics()
             self.run_dir.write_summary(self.summary("running"))
