@@ -14,8 +14,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 from .errors import RunError
 
 METRIC_COLUMNS = ("step", "rst_s", "wall_s", "tokens", "train_loss", "lr", "active_layers", "val_loss")
@@ -67,6 +65,50 @@ def format_cell(value) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return str(value)
+
+
+class Unreadable(Exception):
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+def _number(text: str):
+    return float(text) if text != "" else math.nan
+
+
+def read_metrics_checked(path: Path, steps: int | None = None):
+    """metrics.csv as a DataFrame, refusing a damaged file: wrong header, a row cut short (no final newline, too
+    few cells), a cell that is not a number, steps out of order, or (when `steps` is given, for a complete run)
+    fewer rows than the summary's optimizer steps. Returns a pandas DataFrame."""
+    import pandas as pd
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise Unreadable(path.name, "missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Unreadable(path.name, f"cannot be read ({exc})") from None
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines or tuple(lines[0]) != METRIC_COLUMNS:
+        raise Unreadable(path.name, "unexpected header")
+    if not text.endswith("\n"):
+        raise Unreadable(path.name, f"truncated (row {len(lines) - 1} is cut short)")
+    rows = []
+    for number, cells in enumerate(lines[1:], start=1):
+        if len(cells) != len(METRIC_COLUMNS):
+            raise Unreadable(path.name, f"truncated (row {number} has {len(cells)} of {len(METRIC_COLUMNS)} cells)")
+        try:
+            rows.append([_number(c) for c in cells])
+        except ValueError:
+            raise Unreadable(path.name, f"row {number} holds a value that is not a number") from None
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    if frame["step"].isna().any() or (frame["step"].diff().dropna() < 0).any():
+        raise Unreadable(path.name, "steps missing or out of order")
+    if steps is not None and (frame.empty or int(frame["step"].iloc[-1]) != int(steps)):
+        last = "no rows" if frame.empty else f"last step {int(frame['step'].iloc[-1])}"
+        raise Unreadable(path.name, f"truncated ({last}, summary.json says {steps} steps)")
+    return frame
 
 
 class RunDir:
@@ -132,7 +174,8 @@ class RunDir:
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep the header and the rows of steps <= last_step (a resume replays what came after)."""
-        kept = [r for r in self.read_metrics() if r.get("step", "").isdigit() and int(r["step"]) <= last_step]
+        kept = [r for r in self.read_metrics() if r.get("step", "").isdigit() and int(r["step"]) <= last_step
+                and None not in r and all(r.get(c) is not None for c in METRIC_COLUMNS)]  # no row cut short
         buf = io.StringIO()
         buf.write(",".join(METRIC_COLUMNS) + "\n")
         for r in kept:
@@ -141,11 +184,15 @@ class RunDir:
 
     # --- checkpoint ---------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
+        import torch  # here, not at the top: reading records (the book) needs no torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         write_bytes_atomic(self.checkpoint_path, buf.getvalue())
 
     def load_checkpoint(self) -> dict:
+        import torch
+
         try:
             return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         except FileNotFoundError:
@@ -155,9 +202,9 @@ class RunDir:
 
 
 def read_metrics(run_dir: str | Path):
-    """metrics.csv of a run as a pandas DataFrame (empty cells -> NaN)."""
-    import pandas as pd
-
+    """metrics.csv of a run as a pandas DataFrame (empty cells -> NaN); a damaged file is an error naming it."""
     path = Path(run_dir) / "metrics.csv"
-    RunDir(Path(run_dir)).read_metrics()  # the same checks (exists, header) as every other reader
-    return pd.read_csv(path)
+    try:
+        return read_metrics_checked(path)
+    except Unreadable as exc:
+        raise RunError(f"{'missing' if exc.reason == 'missing' else 'corrupt'} {path}: {exc.reason}") from None

@@ -13,8 +13,6 @@ The aggregations are pure functions of those DataFrames:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -24,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from .presets import METHODS, format_budget
+from .records import METRIC_COLUMNS, Unreadable, read_metrics_checked
 
 KEYS = ["model", "method", "budget", "budget_rst_s", "seed"]
 RST_PARTS = ("train", "scoring", "hessian", "optimizer")
-METRIC_COLUMNS = ("step", "rst_s", "wall_s", "tokens", "train_loss", "lr", "active_layers", "val_loss")
 
 # The survey's taxonomy (Blalock et al.): the component a method acts on and the kind of action it takes.
 FAMILIES = {
@@ -81,12 +79,6 @@ def mean_ci(values) -> tuple[float, float, float, int]:
 
 # --- reading -------------------------------------------------------------------------------------------------
 
-class Unreadable(Exception):
-    def __init__(self, file: str, reason: str):
-        super().__init__(f"{file}: {reason}")
-        self.file, self.reason = file, reason
-
-
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
@@ -97,42 +89,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise Unreadable(path.name, "not a JSON object")
     return obj
-
-
-def _number(text: str):
-    return float(text) if text != "" else math.nan
-
-
-def read_metrics_checked(path: Path, steps: int | None = None) -> pd.DataFrame:
-    """metrics.csv as a DataFrame, refusing a damaged file: wrong header, a row cut short (no final newline, too
-    few cells), a cell that is not a number, steps out of order, or (when `steps` is given, for a complete run)
-    fewer rows than the summary's optimizer steps."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise Unreadable(path.name, "missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Unreadable(path.name, f"cannot be read ({exc})") from None
-    lines = list(csv.reader(io.StringIO(text)))
-    if not lines or tuple(lines[0]) != METRIC_COLUMNS:
-        raise Unreadable(path.name, "unexpected header")
-    if not text.endswith("\n"):
-        raise Unreadable(path.name, f"truncated (row {len(lines) - 1} is cut short)")
-    rows = []
-    for number, cells in enumerate(lines[1:], start=1):
-        if len(cells) != len(METRIC_COLUMNS):
-            raise Unreadable(path.name, f"truncated (row {number} has {len(cells)} of {len(METRIC_COLUMNS)} cells)")
-        try:
-            rows.append([_number(c) for c in cells])
-        except ValueError:
-            raise Unreadable(path.name, f"row {number} holds a value that is not a number") from None
-    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
-    if frame["step"].isna().any() or (frame["step"].diff().dropna() < 0).any():
-        raise Unreadable(path.name, "steps missing or out of order")
-    if steps is not None and (frame.empty or int(frame["step"].iloc[-1]) != int(steps)):
-        last = "no rows" if frame.empty else f"last step {int(frame['step'].iloc[-1])}"
-        raise Unreadable(path.name, f"truncated ({last}, summary.json says {steps} steps)")
-    return frame
 
 
 def _flatten(prefix: str, obj, out: dict) -> None:

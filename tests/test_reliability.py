@@ -154,3 +154,37 @@ def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(args):
         assert code == 2, (args, code, stderr.getvalue())
         assert len(lines) == 1 and lines[0].startswith("ntng: error: "), (args, stderr.getvalue())
         assert sorted(Path(cwd).rglob("*")) == before, args
+
+
+# --- corrupt records: every reader names the damaged file ----------------------------------------------------
+
+def test_corrupt_records_give_errors_naming_the_file(built_fixture, tmp_path):
+    import pytest
+
+    from ntng import read_metrics, train
+    from ntng.errors import RunError, UsageError
+    from ntng.records import RunDir
+
+    data_dir, _ = built_fixture
+    run = tmp_path / "run"
+    train.pretrain(model="bert", method="baseline", budget="1s", preset="tiny", out_dir=run, data_dir=data_dir,
+                   log=lambda m: None)
+    metrics = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(metrics[:-7])  # cut inside the last row
+    with pytest.raises(RunError, match=r"corrupt .*metrics\.csv: truncated"):
+        read_metrics(run)
+    (run / "metrics.csv").write_text(metrics.replace("step,", "stp,", 1))
+    with pytest.raises(RunError, match=r"metrics\.csv: unexpected header"):
+        read_metrics(run)
+    (run / "metrics.csv").write_text(metrics)
+    assert len(read_metrics(run)) > 1
+
+    (run / "summary.json").write_text('{"status": "compl')
+    with pytest.raises(RunError, match=r"corrupt .*summary\.json"):
+        RunDir(run).read_summary()
+    (run / "config.json").write_text("[]")
+    with pytest.raises(UsageError, match=r"cannot resume: corrupt .*config\.json"):
+        train.resolve("bert", "baseline", "1s", "tiny", 0, run, resume=True, data_dir=data_dir)
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match=r"corrupt .*checkpoint\.pt"):
+        RunDir(run).load_checkpoint()
