@@ -98,9 +98,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--free-hessian", action="store_true", help="ablation: Sophia's Hessian passes cost no RST")
 
     p = sub.add_parser("finetune", help="fine-tune a pre-trained run on downstream tasks",
-                       description="Fine-tune a pre-trained run's model on the downstream tasks.")
+                       description="Fine-tune a complete pre-training run's model on downstream tasks, and the same "
+                       "architecture from random initialisation as the floor; writes DIR/finetune/<task>.json. "
+                       "Default tasks: the offline stand-in for GLUE (spam_ham, brown_genre, sotu_party). GLUE and "
+                       "SuperGLUE tasks by name need the hub (HF_DATASETS_OFFLINE=0) or $NTNG_HUB_MIRROR. "
+                       "Fine-tuning costs wall time only; it is not charged to the RST budget.")
     p.add_argument("--run", type=Path, required=True, help="a complete run directory")
-    p.add_argument("--task", nargs="+", default=None, help="tasks (default: the offline suite)")
+    p.add_argument("--task", nargs="+", default=None,
+                   help="tasks: spam_ham brown_genre sotu_party (default: all three), or GLUE (cola sst2 mrpc qqp "
+                   "stsb mnli-m mnli-mm qnli rte) / SuperGLUE (boolq cb copa multirc superglue-rte wic wsc) names")
 
     p = sub.add_parser("sweep", help="run the grid of notebooks with papermill",
                        description="Run models x methods x budgets x seeds through notebooks/pretrain.ipynb.")
@@ -123,7 +129,6 @@ def build_parser() -> OneLineParser:
 
 # The issues that bring each command's work; until then the command says so (exit 2) instead of pretending.
 NOT_YET = {
-    "finetune": "issue 8 (downstream evaluation)",
     "sweep": "issue 7 (the papermill grid)",
 }
 
@@ -179,6 +184,21 @@ def cmd_book(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .downstream import check_tasks, finetune, results_table
+
+    check_tasks(args.task)  # an unknown name is refused before the run is even opened
+    results = finetune(args.run, tasks=args.task, log=lambda m: print(f"ntng finetune: {m}", flush=True))
+    rows = results_table(results)
+    print(f"{'task':<14} {'suite':<26} {'metric':<9} {'pre-trained':>11} {'epoch':>5} {'random init':>11} "
+          f"{'wall s':>7}")
+    for r in rows:
+        print(f"{r['task']:<14} {r['suite']:<26} {r['metric']:<9} {r['pretrained']:>11.4f} {r['best_epoch']:>5} "
+              f"{r['random_init_floor']:>11.4f} {r['wall_s']:>7.1f}")
+    print("ntng finetune: wall time only; fine-tuning is not charged to the RST budget")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -189,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         if args.command in NOT_YET:
             raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
-        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
+        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
                 "book": cmd_book}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -89,6 +89,38 @@ ax.set(title=f"{model} at {preset}: seconds per micro-batch (median, min-max) an
        xlabel="active layers", ylabel="seconds")
 ax.legend()'''),
     ],
+    "finetune.ipynb": [
+        new_markdown_cell("# Fine-tune a pre-trained run on downstream tasks\n\n"
+                          "BERT gets a pooled classification head, T5 learns the label words as text targets "
+                          "(predicted by rank classification). The floor is the same architecture fine-tuned from "
+                          "random initialisation with the same recipe and seed. The default tasks (spam_ham, "
+                          "brown_genre, sotu_party) are an **offline stand-in for GLUE**, not GLUE. Results land in "
+                          "`RUN/finetune/<task>.json`, written by `ntng.finetune`, the same function as "
+                          "`ntng finetune`. Fine-tuning costs wall time only; it is not part of the RST budget."),
+        parameters('''
+run_dir: str = "results/smoke/bert/baseline/20s/seed0"  # a complete pre-training run directory
+tasks: str = ""  # comma-separated task names; empty: the offline stand-in for GLUE (spam_ham,brown_genre,sotu_party)
+data_dir: str = ""  # data directory; empty: the one the run was trained from
+'''),
+        new_code_cell('''import ntng
+
+results = ntng.finetune(run_dir, tasks=[t.strip() for t in tasks.split(",") if t.strip()] or None,
+                        data_dir=data_dir or None)
+{task: (r["suite"], r["metric"], round(r["best_dev_score"], 4), round(r["floor"]["best_dev_score"], 4))
+ for task, r in results.items()}'''),
+        new_code_cell('''import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+rows = [{"task": f"{task}\\n({r['metric']})", "epoch": e["epoch"], "dev score": e["dev_score"], "model": which}
+        for task, r in results.items()
+        for which, part in (("pre-trained", r), ("random init (floor)", r["floor"])) for e in part["epochs"]]
+grid = sns.relplot(data=pd.DataFrame(rows), x="epoch", y="dev score", hue="model", col="task", kind="line",
+                   marker="o", height=3, facet_kws={"sharey": False})
+suites = sorted({r["suite"] for r in results.values()})
+grid.figure.suptitle(f"dev score per epoch: {', '.join(suites)}", y=1.05)
+plt.show()'''),
+    ],
 }
 
 
