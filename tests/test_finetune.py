@@ -213,3 +213,17 @@ def _with_recipe(function, floor_dir):
     def call(*args, **kwargs):
         return function(*args, recipe=RECIPE, floor_dir=floor_dir, **kwargs)
     return call
+
+
+def test_papermill_notebook_fine_tunes_and_plots(runs, tmp_path):
+    run_dir = copy_run(runs, "bert", tmp_path / "run")
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "finetune.ipynb"
+    out = tmp_path / "executed.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "run_dir", str(run_dir),
+                           "-p", "tasks", "spam_ham", "--cwd", str(tmp_path), "--kernel", "python3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((run_dir / "finetune" / "spam_ham.json").read_text())
+    assert result["recipe"]["epochs"] == 2  # the preset's own recipe (tiny is built on smoke)
+    executed = json.loads(out.read_text())
+    assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
