@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: test book data venv lint clean
+.PHONY: test book data venv lint clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	@# the book test drives headless Chromium (Debian's package); it fails, not skips, without it
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true
-	$(BIN)/ruff check ntng tests tools
+	$(BIN)/ruff check ntng tests tools benchmarks
 	@# pytest's exit code 5 (no test collected) is a broken suite, not a pass
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: the suite is broken" >&2; exit 1; fi; \
@@ -34,8 +34,12 @@ data: $(STAMP)
 book: data
 	$(BIN)/ntng book
 
+# what a run costs on this machine (benchmarks/bench.py): ~10 min on 2 cores; run it on a quiet machine
+bench: data
+	$(BIN)/python benchmarks/bench.py --out benchmarks/out/bench.json
+
 lint: $(STAMP)
-	$(BIN)/ruff check ntng tests tools
+	$(BIN)/ruff check ntng tests tools benchmarks
 
 clean:
 	rm -rf $(VENV) _build book/_build .pytest_cache

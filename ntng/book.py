@@ -26,6 +26,11 @@ SOURCES = ("_config.yml", "book")
 CALIBRATION_REPEATS = 3  # a quick table of this machine for the RST chapter (the shipped tables used 7)
 
 
+def bench_json() -> Path:
+    """The figures of `make bench` that the cost chapter shows ($NTNG_BENCH_JSON, else the checkout's)."""
+    return Path(os.environ.get("NTNG_BENCH_JSON") or ROOT / "benchmarks" / "out" / "bench.json")
+
+
 def check_sources(root: Path = ROOT) -> None:
     missing = [name for name in (*SOURCES, "book/_toc.yml") if not (root / name).exists()]
     if missing:
@@ -86,6 +91,8 @@ def records_fingerprint(results: Path, preset: str) -> str:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checkpoint.pt"):
             stat = path.stat()
             digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    if bench_json().is_file():  # the cost chapter reads it
+        digest.update(bench_json().read_bytes())
     for module in ("report.py", "figures.py", "presets.py", "rst.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     for path in sorted((Path(__file__).parent / "tables").glob("*.json")):
@@ -138,6 +145,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
     if not stamp.exists() or stamp.read_text() != fingerprint:
         shutil.rmtree(build / ".jupyter_cache", ignore_errors=True)  # cached page outputs were of other records
     env = {**os.environ, "NTNG_BOOK_RESULTS": str(results), "NTNG_BOOK_PRESET": preset,
+           "NTNG_BENCH_JSON": str(bench_json()),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "MPLBACKEND": "Agg", "NO_COLOR": "1"}
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage), "--path-output", str(out),

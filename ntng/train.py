@@ -375,7 +375,7 @@ class Trainer:
         method.begin_step(run)
         lr = self._set_lr()
         accum = self.shape.grad_accum
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=self.device)  # summed where it is: one host sync a step, not one a micro-batch
         layers_in_step = 0
         for _ in range(accum):
             batch = method.next_microbatch(run)
@@ -386,7 +386,7 @@ class Trainer:
                                 enabled=self.amp_dtype is not None):
                 out = run.model(_to_device(batch, self.device), active_layers=layers)
             (out["loss"] / accum).backward()
-            loss_sum += out["loss"].item()
+            loss_sum += out["loss"].detach()
             layers_in_step += depth
             run.micro_step += 1
             self.tokens += batch["input_ids"].shape[0] * _tokens_per_sequence(self.spec.model, self.spec.preset)
@@ -399,7 +399,7 @@ class Trainer:
         method.end_step(run)
         run.step += 1
         self.layer_sum += layers_in_step
-        return loss_sum / accum, lr, layers_in_step / accum
+        return loss_sum.item() / accum, lr, layers_in_step / accum
 
     def _eval_due(self) -> bool:
         return self.next_eval < len(self.eval_fractions) and (
