@@ -109,16 +109,28 @@ def build_parser() -> OneLineParser:
                    "stsb mnli-m mnli-mm qnli rte) / SuperGLUE (boolq cb copa multirc superglue-rte wic wsc) names")
 
     p = sub.add_parser("sweep", help="run the grid of notebooks with papermill",
-                       description="Run models x methods x budgets x seeds through notebooks/pretrain.ipynb.")
+                       description="Run models x methods x budgets x seeds through notebooks/pretrain.ipynb, one "
+                       "papermill execution per cell into RESULTS/<preset>/<model>/<method>/<budget>/seed<k>/ "
+                       "(the executed notebook kept as notebook.ipynb). Complete runs are skipped, interrupted "
+                       "ones resumed; a failing cell is recorded and the others go on. Prints a table of every "
+                       "cell; exit code 1 when any cell failed or diverged.")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=None)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
-    p.add_argument("--budgets", nargs="+", type=_budget, default=None)
-    p.add_argument("--seeds", nargs="+", type=_seed, default=None)
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--jobs", type=_positive_int, default=1)
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: every method")
+    p.add_argument("--budgets", nargs="+", type=_budget, default=None,
+                   help="RST budgets with a unit (default: the preset's three)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=None, help="default: the preset's seeds (0)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: --jobs cells at once on this machine; ray: each cell a Ray task asking for the "
+                   "preset's CPUs/GPUs (needs pip install 'ntng[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, 10.0.0.1:6379, ray://head:10001); default: start a "
+                   "local Ray runtime for the sweep. Results and data must be on a filesystem every node sees")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="cells at once with the local executor")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results tree (default ./results)")
+    p.add_argument("--finetune", action="store_true",
+                   help="then fine-tune every complete run on the offline tasks (notebooks/finetune.ipynb into "
+                   "DIR/finetune/), skipping runs whose results are up to date")
 
     p = sub.add_parser("book", help="build the Jupyter Book from the run records",
                        description="Run the preset's grid if missing, then build the HTML book.")
@@ -129,7 +141,6 @@ def build_parser() -> OneLineParser:
 
 # The issues that bring each command's work; until then the command says so (exit 2) instead of pretending.
 NOT_YET = {
-    "sweep": "issue 7 (the papermill grid)",
 }
 
 
@@ -199,6 +210,20 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .grid import format_table, sweep
+
+    rows = sweep(preset=args.preset, models=args.models, methods=args.methods, budgets=args.budgets,
+                 seeds=args.seeds, executor=args.executor, ray_address=args.ray_address, jobs=args.jobs,
+                 results=args.results, finetune=args.finetune, log=lambda m: print(f"ntng sweep: {m}", flush=True))
+    print(format_table(rows), flush=True)
+    bad = sum(r["status"] in ("failed", "diverged") for r in rows)
+    if bad:
+        print(f"{PROG}: error: {bad} of {len(rows)} cells failed or diverged (see the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -210,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in NOT_YET:
             raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
         return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-                "book": cmd_book}[args.command](args)
+                "book": cmd_book, "sweep": cmd_sweep}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -121,6 +121,18 @@ class Preset:
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
     table_preset: str | None = None  # whose shipped RST tables apply (a custom preset built on a shipped one)
+    seeds: tuple[int, ...] = (0,)  # a sweep's default seeds
+    # what one sweep cell asks Ray for; its torch threads follow ray_cpus (more threads barely speed up tiny models)
+    ray_cpus: float = 1.0
+    ray_gpus: float = 0.0
+
+    def __post_init__(self):
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise UsageError(f"preset {self.name!r}: seeds must be whole numbers >= 0, got {self.seeds!r}")
+        if not (isinstance(self.ray_cpus, (int, float)) and self.ray_cpus > 0):
+            raise UsageError(f"preset {self.name!r}: ray_cpus must be a number > 0, got {self.ray_cpus!r}")
+        if not (isinstance(self.ray_gpus, (int, float)) and self.ray_gpus >= 0):
+            raise UsageError(f"preset {self.name!r}: ray_gpus must be a number >= 0, got {self.ray_gpus!r}")
 
     @property
     def rst_preset(self) -> str:
@@ -159,6 +171,7 @@ PRESETS: dict[str, Preset] = {
         bert=BertShape(num_layers=8, hidden=256, heads=4, intermediate=1024, micro_batch=32, grad_accum=2),
         t5=T5Shape(num_layers=8, d_model=256, d_kv=64, heads=4, d_ff=640, input_len=128, micro_batch=32),
         budgets=("90s", "3m", "6m"),  # 14 grid cells x 10.5 min ~ 2.5 h of RST for one seed
+        ray_cpus=2.0,  # 256-wide layers on 32-sequence micro-batches still gain from a second thread
         bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=512),
         t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=512),
         # ~1 min per task and model on 2 idle cores: 1000 training examples, 3 epochs = 188 steps
@@ -171,6 +184,7 @@ PRESETS: dict[str, Preset] = {
         bert=BertShape(num_layers=16, hidden=768, heads=12, intermediate=3072),
         t5=T5Shape(num_layers=12, d_model=768, d_kv=64, heads=12, d_ff=2048),
         budgets=("6h", "12h", "24h"),
+        ray_cpus=4.0, ray_gpus=1.0,  # one GPU per run, as in the paper; a few CPUs for data and the kernel
         description="crammed BERT 16x768 and t5-v1.1-base with the paper's RST tables; needs a GPU",
     ),
 }
@@ -205,8 +219,9 @@ def load_custom_presets(path: str | Path) -> dict[str, Preset]:
         try:
             nested = {key: replace(getattr(base, key), **entry.pop(key, {}))
                       for key in ("bert", "t5", "bert_recipe", "t5_recipe", "finetune")}
-            if "budgets" in entry:
-                entry["budgets"] = tuple(entry["budgets"])
+            for key in ("budgets", "seeds"):  # JSON lists -> the tuples a frozen preset holds
+                if key in entry:
+                    entry[key] = tuple(entry[key])
             out[name] = replace(base, name=name, table_preset=base.rst_preset, **nested, **entry)
         except TypeError as exc:
             raise UsageError(f"{path}: preset {name!r}: {exc}") from None

@@ -25,11 +25,14 @@ from .errors import RunError, UsageError
 from .methods import Method, Run, build_method
 from .models import build_model, count_parameters, model_config_dict
 from .presets import METHODS, MODELS, Preset, format_budget, get_preset, parse_budget
+from .progress import Bar
 from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
 from .schedules import SCHEDULES
 from .splits import DATA_SPLITS, select_split
 
+# a run's bar counts RST seconds of the budget, not steps (a step's cost varies with the method)
+RST_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} s RST [{elapsed}<{remaining}]"
 EVAL_MASK_SEED = 20230711  # one fixed masking of the validation windows, shared by every run: losses compare
 
 
@@ -416,7 +419,16 @@ class Trainer:
                  f"val_loss {val:.4f}  wall {self.wall_s:.1f} s")
 
     def train(self, stop_after_steps: int | None = None) -> dict:
-        """Run to the budget. `stop_after_steps` stops early without completing (tests of resume use it)."""
+        """Run to the budget. `stop_after_steps` stops early without completing (tests of resume use it).
+        Where a person watches (ntng.progress), a bar follows the RST budget and log lines print above it."""
+        log, self.progress = self.log, Bar(0, "", enable=False)
+        try:
+            return self._run_to_budget(stop_after_steps)
+        finally:
+            self.progress.close()
+            self.log = log
+
+    def _run_to_budget(self, stop_after_steps: int | None) -> dict:
         spec, run, clock = self.spec, self.run, self.run.clock
         if spec.resume:
             self.run_dir.remove_temporaries()
@@ -430,6 +442,9 @@ class Trainer:
             row = {"step": 0, "rst_s": 0.0, "wall_s": 0.0, "tokens": 0}
             self._record_eval(row)
             self.run_dir.append_metrics(row)
+        self.progress = Bar(spec.budget_rst_s, f"{spec.model}/{spec.method} {spec.budget}", log=self.log,
+                            initial=clock.rst_seconds, bar_format=RST_BAR_FORMAT)
+        self.log = self.progress.write
         steps_this_call = 0
         while not clock.exhausted:
             if stop_after_steps is not None and steps_this_call >= stop_after_steps:
@@ -438,6 +453,7 @@ class Trainer:
             loss, lr, depth = self.train_step()
             self.wall_s += time.perf_counter() - started
             steps_this_call += 1
+            self.progress.advance_to(clock.rst_seconds)
             row = {"step": run.step, "rst_s": clock.rst_seconds, "wall_s": self.wall_s, "tokens": self.tokens,
                    "train_loss": loss, "lr": lr, "active_layers": depth}
             if not math.isfinite(loss):

@@ -66,7 +66,7 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(args, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["pretrain --model t5 --method rho_loss --budget 40s",
-                                     "sweep", "book"])
+                                     "book"])
 def test_commands_of_later_issues_say_so_plainly(command, tmp_path):
     proc = run_cli(command.split(), tmp_path)
     assert proc.returncode == 2

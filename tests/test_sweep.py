@@ -1,0 +1,325 @@
+"""The papermill grid (`ntng sweep`): local and Ray executors, skip / resume / fail alone, progress, notebook docs.
+
+Every cell is a real papermill execution of notebooks/pretrain.ipynb at the `tiny` preset (conftest) on the fixture
+corpus; the Ray test starts a real local Ray runtime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ntng import cli, grid, progress, train
+from ntng.errors import UsageError
+from ntng.records import RunDir
+
+from conftest import TINY_PRESET
+
+ROOT = Path(__file__).resolve().parents[1]
+# methods x seeds, on T5 (the tiny T5 trains 5 s of RST in a few seconds of wall time; BERT is tested below)
+GRID = {"preset": "tiny", "models": ["t5"], "methods": ["baseline", "lion"], "budgets": ["5s"], "seeds": [0, 1]}
+CELLS = [("baseline", 0), ("baseline", 1), ("lion", 0), ("lion", 1)]
+
+
+def quiet(message):
+    pass
+
+
+def rows_by_name(rows):
+    return {f"{r['model']}/{r['method']}/{r['budget']}/seed{r['seed']}": r for r in rows}
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def notebook_text(path: Path) -> str:
+    """Every stream and error output of an executed notebook, joined."""
+    nb = json.loads(path.read_text())
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")) + "\n".join(out.get("traceback", [])))
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Training in this process and in the cells' kernels on one thread: on a busy machine (or one shared with
+    other jobs) a second OpenMP thread mostly waits for the first, and tiny models gain nothing from it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_grid(built_fixture, tmp_path_factory):
+    """The 2 x 2 grid (baseline, lion) x seeds (0, 1) at 5 s of RST, run once on the local executor, 2 at a time."""
+    data_dir, _ = built_fixture
+    results = tmp_path_factory.mktemp("local") / "results"
+    lines = []
+    rows = grid.sweep(**GRID, jobs=2, results=results, data_dir=data_dir, log=lines.append)
+    return results, rows, lines
+
+
+def test_grid_completes_locally_and_a_second_call_runs_nothing(local_grid, built_fixture, monkeypatch, capsys):
+    results, rows, lines = local_grid
+    assert [(r["method"], r["seed"]) for r in rows] == CELLS and {r["status"] for r in rows} == {"complete"}
+    for row in rows:
+        run_dir = results / "tiny" / "t5" / row["method"] / "5s" / f"seed{row['seed']}"
+        summary = RunDir(run_dir).read_summary()
+        assert summary["status"] == "complete" and 5.0 <= summary["rst_s"] < 6.0
+        assert (row["rst_s"], row["wall_s"], row["final_val_loss"]) == (
+            summary["rst_s"], summary["wall_s"], summary["final_val_loss"])
+        assert row["error"] is None and not row["resumed"] and row["elapsed_s"] > summary["wall_s"]
+        for name in ("config.json", "metrics.csv", "checkpoint.pt", "notebook.ipynb"):
+            assert (run_dir / name).is_file(), name
+        executed = json.loads((run_dir / "notebook.ipynb").read_text())
+        injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and f'out_dir = "{run_dir}"' in "".join(injected[0]["source"])
+        assert any("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+        text = notebook_text(run_dir / "notebook.ipynb")
+        assert text.count("val_loss") >= 10 and "s RST [" not in text  # one line per eval, no bar
+        assert not list(run_dir.glob(".notebook-running-*"))
+    assert lines[0].startswith("grid of 4 cells at preset tiny") and "0 finished before, 4 to run" in lines[0]
+    assert sorted(line.split("]")[0] for line in lines[1:]) == ["[1/4", "[2/4", "[3/4", "[4/4"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a complete cell was started again")
+
+    monkeypatch.setattr(grid, "run_cell", must_not_run)
+    monkeypatch.setenv("NTNG_DATA_DIR", str(built_fixture[0]))
+    stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    code = cli.main(["sweep", "--preset", "tiny", "--models", "t5", "--methods", "baseline", "lion",
+                     "--budgets", "5s", "--seeds", "0", "1", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "4 finished before, 0 to run" in out
+    assert "4 cells: 0 complete, 4 skipped (already complete), 0 failed, 0 diverged" in out
+    table = [line.split() for line in out.splitlines() if line.startswith("t5 ")]
+    assert len(table) == 4 and all(line[4] == "skipped" for line in table)
+    finals = {(line[1], int(line[3])): float(line[7]) for line in table}
+    assert finals == {(r["method"], r["seed"]): round(r["final_val_loss"], 4) for r in rows}
+    assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+
+
+def test_the_same_grid_on_a_local_ray_runtime(local_grid, built_fixture, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    data_dir, _ = built_fixture
+    _, local_rows, _ = local_grid
+    rows = grid.sweep(**GRID, executor="ray", results=tmp_path / "results", data_dir=data_dir, log=quiet)
+    assert [r["status"] for r in rows] == ["complete"] * 4
+    assert not ray.is_initialized()  # the runtime the sweep started is shut down again
+    for row, local in zip(rows, local_rows, strict=True):
+        assert (tmp_path / "results" / "tiny" / "t5" / row["method"] / "5s" / f"seed{row['seed']}" /
+                "notebook.ipynb").is_file()
+        # same cell, same seed, one torch thread in both executors: the same run
+        assert (row["rst_s"], row["final_val_loss"]) == (local["rst_s"], local["final_val_loss"])
+
+
+def test_fine_tuning_follows_pre_training_once(local_grid, built_fixture, monkeypatch, one_thread):
+    results, _, _ = local_grid
+    cell = {"preset": "tiny", "models": ["t5"], "methods": ["baseline"], "budgets": ["5s"], "seeds": [0],
+            "results": results, "data_dir": built_fixture[0], "log": quiet}
+    run_dir = results / "tiny" / "t5" / "baseline" / "5s" / "seed0"
+    summary_before = (run_dir / "summary.json").read_text()
+    (row,) = grid.sweep(**cell, finetune=True)
+    assert (row["status"], row["finetune"]) == ("complete", "complete")  # pre-training was complete: only fine-tuned
+    assert (run_dir / "summary.json").read_text() == summary_before
+    for task in ("spam_ham", "brown_genre", "sotu_party"):
+        result = json.loads((run_dir / "finetune" / f"{task}.json").read_text())
+        assert result["task"] == task and result["model"] == "t5" and "best_dev_score" in result
+    assert "spam_ham" in notebook_text(run_dir / "finetune" / "notebook.ipynb")
+
+    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("an up-to-date cell was started again"))
+    (again,) = grid.sweep(**cell, finetune=True)
+    assert (again["status"], again["finetune"]) == ("skipped", "skipped")
+    assert "finetune" in grid.format_table([again]).splitlines()[0]
+
+
+def test_a_cell_with_an_invalid_parameter_fails_alone(built_fixture, tmp_path, monkeypatch, capsys, one_thread):
+    # `tiny2`: two BERT blocks, so layer stacking (which needs a multiple of 4) cannot run; the baseline can
+    presets = tmp_path / "presets.json"
+    presets.write_text(json.dumps([TINY_PRESET, {**TINY_PRESET, "name": "tiny2", "bert": {"num_layers": 2}}]))
+    monkeypatch.setenv("NTNG_PRESETS_FILE", str(presets))
+    monkeypatch.setenv("NTNG_DATA_DIR", str(built_fixture[0]))
+    results = tmp_path / "results"
+    code = cli.main(["sweep", "--preset", "tiny2", "--models", "bert", "--methods", "layer_stacking", "baseline",
+                     "--budgets", "2s", "--results", str(results), "--jobs", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.count("\n") == 1 and captured.err.startswith("ntng: error: 1 of 2 cells failed")
+    bad, good = results / "tiny2/bert/layer_stacking/2s/seed0", results / "tiny2/bert/baseline/2s/seed0"
+    assert RunDir(good).read_summary()["status"] == "complete"
+    summary = RunDir(bad).read_summary()
+    assert summary["status"] == "failed" and summary["error"].startswith("UsageError: layer_stacking: bert at ")
+    assert summary["steps"] == 0 and not (bad / "checkpoint.pt").exists()
+    assert "Traceback" in notebook_text(bad / "notebook.ipynb") or "UsageError" in notebook_text(
+        bad / "notebook.ipynb")
+    assert "1 complete, 0 skipped (already complete), 1 failed" in captured.out
+    assert f"failed: bert/layer_stacking/2s/seed0: {summary['error']}" in captured.out
+    table = {line.split()[1]: line.split()[4] for line in captured.out.splitlines() if line.startswith("bert ")}
+    assert table == {"layer_stacking": "failed", "baseline": "complete"}
+
+
+def test_a_half_finished_cell_is_resumed_not_restarted(built_fixture, tmp_path, one_thread):
+    data_dir, _ = built_fixture
+    results = tmp_path / "results"
+    run_dir = results / "tiny" / "t5" / "baseline" / "4s" / "seed0"
+    spec = train.resolve("t5", "baseline", "4s", "tiny", 0, run_dir, data_dir=data_dir)
+    partial = train.Trainer(spec, log=quiet).train(stop_after_steps=7)  # "killed" after its first checkpoints
+    assert partial["status"] == "running" and (run_dir / "checkpoint.pt").exists()
+    checkpoint = torch_load_step(run_dir / "checkpoint.pt")
+    assert 0 < checkpoint <= 7
+    config_before = (run_dir / "config.json").read_text()
+    rows_before = metrics_rows(run_dir)[: checkpoint + 1]
+
+    (row,) = grid.sweep(preset="tiny", models=["t5"], methods=["baseline"], budgets=["4s"], seeds=[0],
+                        results=results, data_dir=data_dir, log=quiet)
+    assert row["status"] == "complete" and row["resumed"]
+    assert f"resumed at step {checkpoint}" in notebook_text(run_dir / "notebook.ipynb")
+    assert (run_dir / "config.json").read_text() == config_before
+    rows_after = metrics_rows(run_dir)
+    assert rows_after[: checkpoint + 1] == rows_before  # wall_s included: those steps were not trained again
+    assert [int(r["step"]) for r in rows_after] == list(range(row_steps(run_dir) + 1))
+
+
+def torch_load_step(path: Path) -> int:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["step"]
+
+
+def row_steps(run_dir: Path) -> int:
+    return RunDir(run_dir).read_summary()["steps"]
+
+
+def test_grid_wide_mistakes_are_refused_before_anything_is_written(built_fixture, tmp_path):
+    data_dir, _ = built_fixture
+    results = tmp_path / "results"
+    cases = [dict(models=["gpt"]), dict(methods=["adam"]), dict(budgets=["10"]), dict(seeds=[-1]),
+             dict(seeds=[]), dict(preset="huge"), dict(executor="slurm"), dict(jobs=0),
+             dict(ray_address="auto"), dict(data_dir=tmp_path / "no-data")]
+    for case in cases:
+        options = {"preset": "tiny", "models": ["bert"], "methods": ["baseline"], "budgets": ["1s"],
+                   "results": results, "data_dir": data_dir, "log": quiet, **case}
+        with pytest.raises(UsageError):
+            grid.sweep(**options)
+        assert not results.exists(), case
+
+
+def test_sweep_without_data_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NTNG_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["sweep", "--methods", "baseline"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("ntng: error: no packed data at")
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_and_states(tmp_path):
+    cells = grid.plan_grid("smoke", ["bert"], ["baseline", "lion"], ["60s", "1m", "90s"], [0, 1], tmp_path)
+    assert [c.name for c in cells] == ["bert/baseline/1m/seed0", "bert/baseline/1m/seed1", "bert/baseline/90s/seed0",
+                                       "bert/baseline/90s/seed1", "bert/lion/1m/seed0", "bert/lion/1m/seed1",
+                                       "bert/lion/90s/seed0", "bert/lion/90s/seed1"]
+    assert cells[0].run_dir == tmp_path / "smoke" / "bert" / "baseline" / "1m" / "seed0"
+    run_dir = tmp_path / "cell"
+    assert grid.cell_state(run_dir) == "fresh"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    (run_dir / "config.json").write_text("{}")
+    assert grid.cell_state(run_dir) == "fresh"  # killed before its first checkpoint: nothing to resume from
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    assert grid.cell_state(run_dir) == "resume"
+    (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    assert grid.cell_state(run_dir) == "resume"
+    (run_dir / "summary.json").write_text("{not json")
+    assert grid.cell_state(run_dir) == "resume"
+    for status in ("complete", "diverged"):
+        (run_dir / "summary.json").write_text(json.dumps({"status": status}))
+        assert grid.cell_state(run_dir) == status
+
+
+def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
+    from ntng.presets import PRESETS, get_preset
+
+    assert PRESETS["smoke"].seeds == (0,) and PRESETS["smoke"].ray_gpus == 0
+    assert PRESETS["paper"].ray_gpus == 1
+    presets = tmp_path / "presets.json"
+    monkeypatch.setenv("NTNG_PRESETS_FILE", str(presets))
+    presets.write_text(json.dumps([{"name": "seeded", "base": "smoke", "seeds": [3, 4], "ray_cpus": 2}]))
+    assert get_preset("seeded").seeds == (3, 4) and get_preset("seeded").ray_cpus == 2
+    for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}):
+        presets.write_text(json.dumps([{"name": "bad", "base": "smoke", **bad}]))
+        with pytest.raises(UsageError, match="bad"):
+            get_preset("bad")
+
+
+def test_progress_is_on_where_a_person_watches(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress.enabled()
+    monkeypatch.setenv("CI", "true")
+    assert not progress.enabled()
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    assert progress.enabled()
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0")
+    assert not progress.enabled()
+    monkeypatch.delenv(progress.PROGRESS_ENV)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress.enabled()
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", object())  # inside a Jupyter kernel
+    assert progress.enabled()
+
+
+def test_a_run_shows_a_bar_over_its_rst_budget(built_fixture, tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    summary = train.pretrain(model="t5", method="baseline", budget="2s", preset="tiny", out_dir=tmp_path / "run",
+                             data_dir=built_fixture[0], log=print)
+    captured = capsys.readouterr()
+    assert summary["status"] == "complete"
+    assert "t5/baseline 2s:" in captured.err and "100%" in captured.err and "/2 s RST" in captured.err
+    assert captured.out.count("val_loss") == len(summary["evals"])  # the eval lines still print, above the bar
+    assert "2.0/2 s RST" in captured.err.split("\r")[-1] and "101%" not in captured.err  # ends full, not past it
+
+
+def test_a_bar_that_is_off_only_logs():
+    lines = []
+    with progress.Bar(10, "off", log=lines.append, enable=False) as bar:
+        bar.advance_to(5)
+        bar.postfix("x")
+        bar.write("one line")
+        assert not bar.active
+    assert lines == ["one line"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_every_notebook_parameter_is_documented(name):
+    import papermill
+
+    path = ROOT / "notebooks" / name
+    parameters = papermill.inspect_notebook(str(path))
+    assert parameters
+    for parameter in parameters.values():
+        assert parameter["help"].strip(), f"{name}: parameter {parameter['name']} has no comment"
+    proc = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    flat = " ".join(proc.stdout.split())
+    for parameter in parameters.values():
+        assert f"{parameter['name']}: " in proc.stdout and " ".join(parameter["help"].split()) in flat
