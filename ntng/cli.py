@@ -1,8 +1,7 @@
 """`ntng`: the command line, a thin layer over the package's functions.
 
 Bad input -> one line `ntng: error: ...` on stderr, exit 2, nothing written. A failure while working -> exit 1
-with a one-line reason. Subcommands whose work arrives with a later issue say so plainly (exit 2) rather than
-pretend.
+with a one-line reason.
 """
 
 from __future__ import annotations
@@ -96,6 +95,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--rst-table", type=_existing_file, default=None, help="charge with this RST table (JSON)")
     p.add_argument("--free-scoring", action="store_true", help="ablation: selection scoring passes cost no RST")
     p.add_argument("--free-hessian", action="store_true", help="ablation: Sophia's Hessian passes cost no RST")
+    p.add_argument("--data-split", choices=("full", "rho_main"), default=None,
+                   help="training windows: full, or rho_main (the 80%% RHO-LOSS trains on, for a like-for-like "
+                        "baseline); default: the method's own")
 
     p = sub.add_parser("finetune", help="fine-tune a pre-trained run on downstream tasks",
                        description="Fine-tune a complete pre-training run's model on downstream tasks, and the same "
@@ -139,11 +141,6 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-# The issues that bring each command's work; until then the command says so (exit 2) instead of pretending.
-NOT_YET = {
-}
-
-
 def cmd_data(args) -> int:
     from . import data
 
@@ -179,20 +176,12 @@ def cmd_pretrain(args) -> int:
 
     summary = pretrain(model=args.model, method=args.method, budget=args.budget, preset=args.preset,
                        seed=args.seed, out_dir=args.out, resume=args.resume, rst_table=args.rst_table,
-                       free_scoring=args.free_scoring, free_hessian=args.free_hessian,
+                       free_scoring=args.free_scoring, free_hessian=args.free_hessian, data_split=args.data_split,
                        log=lambda m: print(f"ntng pretrain: {m}", flush=True))
     print(f"ntng pretrain: {summary['status']}: {summary['steps']} steps, {summary['rst_s']:.1f} s RST "
           f"of {summary['budget_rst_s']:g}, {summary['wall_s']:.1f} s wall, final val_loss "
           f"{summary['final_val_loss'] if summary['final_val_loss'] is None else round(summary['final_val_loss'], 4)}")
     return 0 if summary["status"] == "complete" else 1
-
-
-def cmd_book(args) -> int:
-    from .book import build_book
-
-    index = build_book(preset=args.preset, results=args.results, log=lambda m: print(f"ntng book: {m}", flush=True))
-    print(f"ntng book: open {index}")
-    return 0
 
 
 def cmd_finetune(args) -> int:
@@ -224,6 +213,14 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_book(args) -> int:
+    from .book import build_book
+
+    index = build_book(preset=args.preset, results=args.results, log=lambda m: print(f"ntng book: {m}", flush=True))
+    print(f"ntng book: open {index}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -232,10 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             # no model or dataset hub here: never let a library wait on one
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        if args.command in NOT_YET:
-            raise UsageError(f"`{PROG} {args.command}` is not implemented yet: it arrives with {NOT_YET[args.command]}")
-        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-                "book": cmd_book, "sweep": cmd_sweep}[args.command](args)
+        return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
+                "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

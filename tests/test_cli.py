@@ -65,15 +65,6 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(args, tmp_path):
     assert not files_under(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["pretrain --model t5 --method rho_loss --budget 40s",
-                                     "book"])
-def test_commands_of_later_issues_say_so_plainly(command, tmp_path):
-    proc = run_cli(command.split(), tmp_path)
-    assert proc.returncode == 2
-    assert "not implemented yet" in proc.stderr and proc.stderr.count("\n") == 1
-    assert not files_under(tmp_path)
-
-
 def test_data_command_builds_then_is_a_no_op(fixture_env, capsys):
     assert cli.main(["data", "--data-dir", str(fixture_env), "--preset", "tiny"]) == 0
     out = capsys.readouterr().out

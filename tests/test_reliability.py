@@ -188,3 +188,51 @@ def test_corrupt_records_give_errors_naming_the_file(built_fixture, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RunError, match=r"corrupt .*checkpoint\.pt"):
         RunDir(run).load_checkpoint()
+
+
+# --- the grid meets every fault at once ---------------------------------------------------------------------
+
+def test_a_sweep_with_a_failure_a_divergence_and_a_killed_cell_reports_each(built_fixture, tmp_path, monkeypatch,
+                                                                            capsys):
+    """`faulty`: two BERT blocks (layer stacking needs a multiple of 4: that cell fails) and Lion at lr 1e6 (that
+    cell diverges); the baseline's cell is killed with its whole sweep mid-run, then the sweep is run again."""
+    from ntng.records import RunDir
+
+    from conftest import TINY_PRESET
+
+    data_dir, _ = built_fixture
+    presets = tmp_path / "presets.json"
+    faulty = {**TINY_PRESET, "name": "faulty", "bert": {"num_layers": 2},
+              "bert_recipe": {"eval_sequences": 32, "lion_lr": 1e6, "grad_clip": 0.0}}
+    presets.write_text(json.dumps([TINY_PRESET, faulty]))
+    env = {**os.environ, "NTNG_PRESETS_FILE": str(presets), "NTNG_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    results = tmp_path / "results"
+    args = ["sweep", "--preset", "faulty", "--models", "bert", "--methods", "baseline", "lion", "layer_stacking",
+            "--budgets", "4s", "--results", str(results)]
+    baseline = results / "faulty/bert/baseline/4s/seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "ntng.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while last_step(baseline) < 5 or not (baseline / "checkpoint.pt").exists():  # past its first checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep, papermill and the kernel together
+    proc.wait(timeout=60)
+    killed_at = last_step(baseline)
+    assert RunDir(baseline).read_summary()["status"] == "running"
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    assert code == 1 and err.count("\n") == 1 and err.startswith("ntng: error: ")
+    status = {line.split()[1]: line.split()[4] for line in out.splitlines() if line.startswith("bert ")}
+    assert status == {"baseline": "complete", "lion": "diverged", "layer_stacking": "failed"}, out
+    done = RunDir(baseline).read_summary()
+    assert done["status"] == "complete" and done["rst_s"] >= done["budget_rst_s"]
+    rows = [line.split(",")[0] for line in (baseline / "metrics.csv").read_text().splitlines()[1:]]
+    assert rows == [str(s) for s in range(done["steps"] + 1)] and done["steps"] > killed_at  # resumed, whole
+    lion = RunDir(results / "faulty/bert/lion/4s/seed0").read_summary()
+    assert lion["status"] == "diverged" and "non-finite training loss" in lion["error"]
+    stacking = RunDir(results / "faulty/bert/layer_stacking/4s/seed0").read_summary()
+    assert stacking["status"] == "failed" and "layer_stacking" in stacking["error"]
