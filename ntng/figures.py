@@ -80,6 +80,56 @@ def _budget_label(seconds: float) -> str:
     return format_budget(seconds)
 
 
+def _offsets(methods, spread: float = 0.08) -> dict:
+    """A small x shift per method (in log2 units of the budget axis) so markers at one budget do not overlap."""
+    return dict(zip(methods, np.linspace(-spread, spread, len(methods)), strict=True))
+
+
+def _interval_bars(ax, rows: pd.DataFrame, x, method: str, **style) -> None:
+    """Means with their 95% intervals (`mean`, `ci_low`, `ci_high`; a missing interval draws no bar)."""
+    yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+    yerr = np.where(np.isfinite(yerr), yerr, 0.0)
+    ax.errorbar(x, rows["mean"], yerr=yerr, color=PALETTE[method], marker="o", capsize=3, label=method, **style)
+
+
+def _seed_dots(ax, x, y, method: str) -> None:
+    sns.scatterplot(x=x, y=y, color=PALETTE[method], s=14, alpha=0.5, ax=ax, legend=False)
+
+
+def _model_panels(table: pd.DataFrame, models, spread: float = 0.08, reference: float | None = None):
+    """A figure with one panel per model: (fig, axes, [(ax, model, the model's rows, its methods, their x
+    offsets)]). `reference`: the baseline's level, a dashed line in every panel."""
+    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
+    panels = []
+    for j, model in enumerate(models):
+        ax = axes[0][j]
+        part = table[table["model"] == model]
+        methods_here = _methods(part)
+        if reference is not None:
+            ax.axhline(reference, color=BASELINE_COLOR, linestyle="--", linewidth=1.2, label="baseline")
+        panels.append((ax, model, part, methods_here, _offsets(methods_here, spread)))
+    return fig, axes, panels
+
+
+def _budget_intervals(table: pd.DataFrame, seeds: pd.DataFrame, value: str, ylabel: str, models,
+                      spread: float = 0.08, reference: float | None = None) -> Figure:
+    """A panel per model: each method's mean over seeds with its 95% interval against the budget (`table`), and
+    each seed's own `value` as a dot (`seeds`)."""
+    fig, axes, panels = _model_panels(table, models, spread, reference)
+    for ax, model, part, methods_here, offsets in panels:
+        for method in methods_here:
+            rows = part[part["method"] == method].sort_values("budget_rst_s")
+            _interval_bars(ax, rows, rows["budget_rst_s"] * 2 ** offsets[method], method,
+                           linestyle="--" if method == "baseline" else "-")
+            dots = seeds[(seeds["model"] == model) & (seeds["method"] == method)]
+            _seed_dots(ax, dots["budget_rst_s"] * 2 ** offsets[method], dots[value], method)
+        _budget_axis(ax, _budgets(part))
+        ax.set(title=model, xlabel="RST budget", ylabel=ylabel)
+    _legend_outside(fig, axes[0][0])
+    fig.tight_layout()
+    return fig
+
+
 def loss_curves(evals: pd.DataFrame, methods) -> Figure | None:
     """Validation loss against RST: a row per model, a column per budget, one line per run (seed), the baseline
     in black on the same axes."""
@@ -109,28 +159,8 @@ def final_loss(finals: pd.DataFrame, runs: pd.DataFrame, methods) -> Figure | No
     table = finals[finals["method"].isin(["baseline", *methods])].dropna(subset=["mean"])
     if table.empty or not set(table["method"]) - {"baseline"}:
         return None
-    models = _models(table)
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
-    for j, model in enumerate(models):
-        ax = axes[0][j]
-        part = table[table["model"] == model]
-        methods_here = _methods(part)
-        offsets = dict(zip(methods_here, np.linspace(-0.12, 0.12, len(methods_here)), strict=True))
-        for method in methods_here:
-            rows = part[part["method"] == method].sort_values("budget_rst_s")
-            x = rows["budget_rst_s"] * 2 ** offsets[method]
-            yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
-            yerr = np.where(np.isfinite(yerr), yerr, 0.0)
-            ax.errorbar(x, rows["mean"], yerr=yerr, color=PALETTE[method], marker="o", capsize=3,
-                        label=method, linestyle="--" if method == "baseline" else "-")
-            seeds = runs[(runs["model"] == model) & (runs["method"] == method) & (runs["status"] == "complete")]
-            sns.scatterplot(x=seeds["budget_rst_s"] * 2 ** offsets[method], y=seeds["final_val_loss"],
-                            color=PALETTE[method], s=14, alpha=0.5, ax=ax, legend=False)
-        _budget_axis(ax, _budgets(part))
-        ax.set(title=model, xlabel="RST budget", ylabel="final validation loss")
-    _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
-    return fig
+    complete = runs[runs["status"] == "complete"]
+    return _budget_intervals(table, complete, "final_val_loss", "final validation loss", _models(table), spread=0.12)
 
 
 def difference(diffs: pd.DataFrame, pairs: pd.DataFrame, methods) -> Figure | None:
@@ -139,28 +169,8 @@ def difference(diffs: pd.DataFrame, pairs: pd.DataFrame, methods) -> Figure | No
     table = diffs[diffs["method"].isin(methods)].dropna(subset=["mean"])
     if table.empty:
         return None
-    models = sorted(set(table["model"]))
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
-    for j, model in enumerate(models):
-        ax = axes[0][j]
-        part = table[table["model"] == model]
-        methods_here = _methods(part)
-        offsets = dict(zip(methods_here, np.linspace(-0.08, 0.08, len(methods_here)), strict=True))
-        ax.axhline(0.0, color=BASELINE_COLOR, linestyle="--", linewidth=1.2, label="baseline")
-        for method in methods_here:
-            rows = part[part["method"] == method].sort_values("budget_rst_s")
-            x = rows["budget_rst_s"] * 2 ** offsets[method]
-            yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
-            yerr = np.where(np.isfinite(yerr), yerr, 0.0)
-            ax.errorbar(x, rows["mean"], yerr=yerr, color=PALETTE[method], marker="o", capsize=3, label=method)
-            seeds = pairs[(pairs["model"] == model) & (pairs["method"] == method)]
-            sns.scatterplot(x=seeds["budget_rst_s"] * 2 ** offsets[method], y=seeds["difference"],
-                            color=PALETTE[method], s=14, alpha=0.5, ax=ax, legend=False)
-        _budget_axis(ax, _budgets(part))
-        ax.set(title=model, xlabel="RST budget", ylabel="method - baseline (val loss)")
-    _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
-    return fig
+    return _budget_intervals(table, pairs, "difference", "method - baseline (val loss)", sorted(set(table["model"])),
+                             reference=0.0)
 
 
 def speedup(speed: pd.DataFrame, methods) -> Figure | None:
@@ -170,14 +180,8 @@ def speedup(speed: pd.DataFrame, methods) -> Figure | None:
     table = speed[speed["method"].isin(methods)]
     if table.empty:
         return None
-    models = sorted(set(table["model"]))
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
-    for j, model in enumerate(models):
-        ax = axes[0][j]
-        part = table[table["model"] == model]
-        methods_here = _methods(part)
-        offsets = dict(zip(methods_here, np.linspace(-0.08, 0.08, len(methods_here)), strict=True))
-        ax.axhline(1.0, color=BASELINE_COLOR, linestyle="--", linewidth=1.2, label="baseline")
+    fig, axes, panels = _model_panels(table, sorted(set(table["model"])), reference=1.0)
+    for ax, model, part, methods_here, offsets in panels:
         for method in methods_here:
             rows = part[part["method"] == method]
             hit = rows[rows["reached"]]
@@ -185,8 +189,7 @@ def speedup(speed: pd.DataFrame, methods) -> Figure | None:
                 mean = hit.groupby("budget_rst_s")["speedup"].mean()
                 ax.plot(mean.index * 2 ** offsets[method], mean.values, color=PALETTE[method], marker="o",
                         label=method)
-                sns.scatterplot(x=hit["budget_rst_s"] * 2 ** offsets[method], y=hit["speedup"],
-                                color=PALETTE[method], s=14, alpha=0.5, ax=ax, legend=False)
+                _seed_dots(ax, hit["budget_rst_s"] * 2 ** offsets[method], hit["speedup"], method)
             miss = rows[~rows["reached"]]
             if len(miss):
                 ax.scatter(miss["budget_rst_s"] * 2 ** offsets[method], miss["speedup_at_least"], marker="^",
@@ -286,14 +289,11 @@ def downstream(table: pd.DataFrame) -> Figure | None:
         ax = axes[0][j]
         part = data[(data["model"] == model) & (data["task"] == task)]
         methods_here = _methods(part)
-        offsets = dict(zip(methods_here, np.linspace(-0.08, 0.08, len(methods_here)), strict=True))
+        offsets = _offsets(methods_here)
         for method in methods_here:
             rows = part[part["method"] == method].sort_values("budget_rst_s")
-            yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
-            yerr = np.where(np.isfinite(yerr), yerr, 0.0)
-            ax.errorbar(rows["budget_rst_s"] * 2 ** offsets[method], rows["mean"], yerr=yerr, capsize=3,
-                        color=PALETTE[method], marker="o", label=method,
-                        linestyle="--" if method == "baseline" else "-")
+            _interval_bars(ax, rows, rows["budget_rst_s"] * 2 ** offsets[method], method,
+                           linestyle="--" if method == "baseline" else "-")
         floor = part["floor"].mean()
         if math.isfinite(floor):
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1.5, label="floor")
