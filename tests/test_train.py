@@ -187,7 +187,9 @@ def test_bad_runs_are_refused_before_anything_is_written(built_fixture, tmp_path
         dict(seed=-3), dict(rst_table=tmp_path / "missing.json"),
         dict(rst_table=rst.shipped_table_path("smoke", "t5")),  # a T5 table for BERT
         dict(rst_table=rst.shipped_table_path("paper", "bert")),  # prices 128-sequence micro-batches
-        dict(data_dir=tmp_path / "no-data"), dict(resume=True), dict(method="rho_loss"),
+        dict(data_dir=tmp_path / "no-data"), dict(resume=True), dict(method="rho_loss", data_split="full"),
+        dict(data_split="most"), dict(method="selective_backprop", method_options={"scale": 0.0}),
+        dict(method="rho_loss", method_options={"il_budget_s": -1.0}),
     ]
     for case in cases:
         options = {"model": "bert", "method": "baseline", "budget": "3s", "preset": "tiny", "out_dir": out,
