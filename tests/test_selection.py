@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -243,7 +244,8 @@ def test_rho_loss_run_builds_the_il_model_then_reuses_it(il_model, built_fixture
     stats = first["method_stats"]
     assert stats["keep_rate"] == 0.5 and stats["selected_mean_reducible_loss"] >= stats["scored_mean_reducible_loss"]
 
-    il_checkpoint = next((data_dir / "offline" / "il").rglob("checkpoint.pt"))
+    il_checkpoint = Path(il["run_dir"]) / "checkpoint.pt"
+    assert il_checkpoint.is_relative_to(data_dir / "offline" / "il")  # cached with the data
     stamp = il_checkpoint.stat().st_mtime_ns
     second = train.pretrain(model="bert", method="rho_loss", budget="3s", preset="tiny", seed=1, out_dir=tmp / "rho1",
                             data_dir=data_dir, method_options={"il_budget_s": 2.0}, log=lambda m: None)
@@ -267,7 +269,7 @@ def test_il_losses_line_up_with_ids_after_a_reshuffle(il_model, built_fixture):
     assert np.array_equal(np.sort(main_ids), ids)
     vocab_size = data_mod.load_tokenizer("bert", spec.preset.vocab_size, data_dir).get_vocab_size()
     model = build_model("bert", spec.preset, vocab_size=vocab_size)
-    state = torch.load(next((data_dir / "offline" / "il").rglob("checkpoint.pt")), weights_only=False)
+    state = torch.load(Path(info["run_dir"]) / "checkpoint.pt", weights_only=False)
     model.load_state_dict(state["model"])
     order = np.random.default_rng(5).permutation(len(main_ids))
     collator = make_collator("bert", spec.preset, vocab_size, seed=IL_MASK_SEED)
