@@ -132,8 +132,12 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         except ImportError as exc:
             raise UsageError(f"`ntng book` runs the grid with ntng.grid.sweep, which cannot be imported ({exc}); "
                              "pass run_grid=False to build from existing records") from None
-        log(f"running the {preset} grid into {results} (complete runs are skipped)")
-        sweep(preset=preset, results=results, finetune=True, log=log)
+        spec = get_preset(preset)
+        # CPU presets: as many cells at once as the preset's CPUs per cell allow (tiny models gain little from a
+        # second thread, so two one-thread cells finish the grid sooner); a GPU preset runs one cell at a time
+        jobs = 1 if spec.ray_gpus else max(1, (os.cpu_count() or 1) // spec.ray_cpus)
+        log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
+        sweep(preset=preset, results=results, finetune=True, jobs=jobs, log=log)
     if calibrate if calibrate is not None else run_grid:
         calibrate_here(results, preset, MODELS, log=log)
 
