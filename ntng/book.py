@@ -135,7 +135,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         spec = get_preset(preset)
         # CPU presets: as many cells at once as the preset's CPUs per cell allow (tiny models gain little from a
         # second thread, so two one-thread cells finish the grid sooner); a GPU preset runs one cell at a time
-        jobs = 1 if spec.ray_gpus else max(1, (os.cpu_count() or 1) // spec.ray_cpus)
+        jobs = 1 if spec.ray_gpus else max(1, int((os.cpu_count() or 1) // spec.ray_cpus))
         log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
         sweep(preset=preset, results=results, finetune=True, jobs=jobs, log=log)
     if calibrate if calibrate is not None else run_grid:
