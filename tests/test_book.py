@@ -146,3 +146,25 @@ def test_a_family_without_runs_says_so(tmp_path):
     html = (index.parent / "book" / "dynamic.html").read_text()
     assert "No runs of layer stacking and layer dropping" in html
     assert "No fine-tuning results" in (index.parent / "book" / "downstream.html").read_text()
+
+
+def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, monkeypatch):
+    import os
+
+    from ntng import grid
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(grid, "sweep", record)
+    with pytest.raises(Stop):
+        build_book(preset="smoke", results=tmp_path / "results", run_grid=True, log=lambda m: None)
+    jobs = calls[0]["jobs"]
+    assert isinstance(jobs, int) and jobs == max(1, os.cpu_count() or 1)  # smoke asks for one CPU per cell
+    assert calls[0]["finetune"] is True and calls[0]["preset"] == "smoke"
