@@ -23,11 +23,13 @@ whole step (layer dropping) and must not be touched by the optimizer sets their 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..optim import build_optimizer
 from ..presets import Preset
 
@@ -114,3 +116,32 @@ class Method:
     def load_state(self, state: dict, run: Run) -> None:
         """Restore from `state_dict()` on resume. Called after the model and optimizer are built and before
         their weights are loaded, so a method that reshapes the model (stacking) reshapes it here first."""
+
+
+def take_options(method: str, options: dict, defaults: dict) -> dict:
+    """`defaults` overridden by `options`; unknown names and non-numbers are refused (UsageError)."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UsageError(f"method {method} has no option(s) {', '.join(unknown)} (it takes {', '.join(defaults)})")
+    out = dict(defaults)
+    for key, value in options.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+                  and all(_is_number(v) for v in value))
+            what = f"a list of {len(default)} numbers"
+            value = tuple(float(v) for v in value) if ok else value
+        elif isinstance(default, int):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        else:
+            ok, what = _is_number(value), "a number"
+        if not ok:
+            raise UsageError(f"method {method}: option {key} = {value!r} must be {what}")
+        out[key] = value
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

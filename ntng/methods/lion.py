@@ -6,14 +6,12 @@ overridable through method options) and makes sure the RST table prices a Lion s
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import UsageError
 from ..optim import Lion as LionOptimizer
 from ..optim import decay_groups
-from .base import Method, Run
+from .base import Method, Run, take_options
 
 LION_BETAS = (0.9, 0.99)
 
@@ -25,35 +23,6 @@ def check_table_prices(run: Run, optimizer: str, method: str) -> None:
         raise UsageError(f"method {method} needs an optimizer step time for {optimizer!r} in RST table {table.name} "
                          f"(it has {', '.join(sorted(table.optimizer)) or 'none'}): run `ntng calibrate` and pass "
                          f"--rst-table")
-
-
-def take_options(method: str, options: dict, defaults: dict) -> dict:
-    """`defaults` overridden by `options`; unknown names and non-numbers are refused (UsageError)."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise UsageError(f"method {method} has no option(s) {', '.join(unknown)} (it takes {', '.join(defaults)})")
-    out = dict(defaults)
-    for key, value in options.items():
-        default = defaults[key]
-        if isinstance(default, bool):
-            ok, what = isinstance(value, bool), "true or false"
-        elif isinstance(default, tuple):
-            ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
-                  and all(_is_number(v) for v in value))
-            what = f"a list of {len(default)} numbers"
-            value = tuple(float(v) for v in value) if ok else value
-        elif isinstance(default, int):
-            ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
-        else:
-            ok, what = _is_number(value), "a number"
-        if not ok:
-            raise UsageError(f"method {method}: option {key} = {value!r} must be {what}")
-        out[key] = value
-    return out
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_betas(method: str, betas) -> None:

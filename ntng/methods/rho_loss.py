@@ -14,8 +14,7 @@ import torch
 from ..batches import concat_batches, take_rows
 from ..errors import RunError, UsageError
 from ..presets import parse_budget
-from .base import Method, Run
-from .lion import take_options
+from .base import Method, Run, take_options
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
 

@@ -13,8 +13,7 @@ import torch
 
 from ..batches import take_rows
 from ..errors import UsageError
-from .base import Method, Run
-from .lion import take_options
+from .base import Method, Run, take_options
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
 PAPER_HISTORY, PAPER_MICRO_BATCH = 5000, 128

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..optim import SophiaG, decay_groups
-from .base import Method, Run
-from .lion import check_betas, check_table_prices, take_options
+from .base import Method, Run, take_options
+from .lion import check_betas, check_table_prices
 
 SOPHIA_BETAS = (0.965, 0.99)
 HESSIAN_AT_START = {"bert": True, "t5": False}  # the paper's BERT loop estimates before update 1, its T5 loop not
