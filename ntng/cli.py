@@ -131,8 +131,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--jobs", type=_positive_int, default=1, help="cells at once with the local executor")
     p.add_argument("--results", type=Path, default=Path("results"), help="results tree (default ./results)")
     p.add_argument("--finetune", action="store_true",
-                   help="then fine-tune every complete run on the offline tasks (notebooks/finetune.ipynb into "
-                   "DIR/finetune/), skipping runs whose results are up to date")
+                   help="then fine-tune every complete run on the offline tasks (into DIR/finetune/; in the "
+                   "pre-training kernel, or notebooks/finetune.ipynb for a run complete before), skipping runs "
+                   "whose results are up to date")
 
     p = sub.add_parser("book", help="build the Jupyter Book from the run records",
                        description="Run the preset's grid if missing, then build the HTML book.")

@@ -10,9 +10,10 @@ summary.json is the source of truth for what a directory holds:
 - anything else (nothing yet, a cell refused before training, killed before its first checkpoint): started afresh.
 
 A failing cell is recorded (summary.json `failed` with the error, its executed notebook with the traceback kept)
-and the others go on. With `finetune`, every complete run is then fine-tuned on the offline tasks through
-notebooks/finetune.ipynb (results in DIR/finetune/, its executed notebook DIR/finetune/notebook.ipynb), unless
-its results are up to date.
+and the others go on. With `finetune`, every complete run is then fine-tuned on the offline tasks (results in
+DIR/finetune/) unless its results are up to date: a cell that pre-trains does it in the same kernel (the notebook's
+`finetune` parameter: one kernel start, and its imports, per cell instead of two); a run complete before goes
+through notebooks/finetune.ipynb (its executed notebook DIR/finetune/notebook.ipynb).
 
 Executors: `local` runs `jobs` cells at once, each in its own processes; `ray` makes each cell a Ray task asking
 for the preset's `ray_cpus` / `ray_gpus`, on the cluster at `ray_address` or on a local Ray runtime started (and
@@ -34,6 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from .errors import RunError, UsageError
@@ -47,6 +49,7 @@ EXECUTORS = ("local", "ray")
 CELL_STATUSES = ("complete", "skipped", "failed", "diverged")  # skipped: found complete, nothing was run
 LOCK_NAME = ".sweep.lock"
 PARTIAL_NOTEBOOK = ".notebook-running-{}.ipynb"
+NOTEBOOK_FAILED = "the run completed, but its notebook failed: "
 # Environment a cell's kernel needs from the sweep's (Ray workers on other machines do not inherit it).
 FORWARDED_ENV = ("NTNG_PRESETS_FILE", "NTNG_PRECISION", "NTNG_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 KERNEL_START_TIMEOUT_S = 300  # papermill's default (60 s) is short for several kernels importing torch on 2 cores
@@ -225,7 +228,7 @@ def _pretrain_cell(task: dict, run: RunDir, state: str, env: dict, on_start) -> 
             leftover.unlink(missing_ok=True)
     params = {"model": task["model"], "method": task["method"], "budget": task["budget"], "preset": task["preset"],
               "seed": task["seed"], "out_dir": str(run.path), "resume": state == "resume",
-              "data_dir": task["data_dir"]}
+              "data_dir": task["data_dir"], "finetune": bool(task.get("finetune"))}
     executed = run.path / "notebook.ipynb"
     code, stderr, written = _papermill(task["notebook"], executed, params, env, on_start)
     summary = _read_summary(run)
@@ -234,7 +237,7 @@ def _pretrain_cell(task: dict, run: RunDir, state: str, env: dict, on_start) -> 
         return status, summary, None
     error = _failure(executed, code, stderr, written)
     if status == "complete":  # trained to the end, then a later notebook cell failed: the notebook is broken
-        return "failed", summary, f"the run completed, but its notebook failed: {error}"
+        return "failed", summary, NOTEBOOK_FAILED + error
     if status != "failed" or "error" not in summary:  # refused before training, or the kernel died
         summary = _failed_summary(task, error, summary)
         run.write_summary(summary)
@@ -243,7 +246,8 @@ def _pretrain_cell(task: dict, run: RunDir, state: str, env: dict, on_start) -> 
 
 def run_cell(task: dict, on_start=None) -> dict:
     """Execute one cell: notebooks/pretrain.ipynb with papermill in a subprocess, kept as run_dir/notebook.ipynb;
-    with `task["finetune"]`, then notebooks/finetune.ipynb into run_dir/finetune/notebook.ipynb.
+    with `task["finetune"]`, fine-tuned in that kernel, or (a run complete before) through notebooks/finetune.ipynb
+    into run_dir/finetune/notebook.ipynb.
 
     `task` is plain data (it travels to Ray workers): the cell, the preset's name, the absolute data directory,
     the notebooks' JSON text and environment variables for the kernel. `on_start(process)` lets the local
@@ -261,16 +265,25 @@ def run_cell(task: dict, on_start=None) -> dict:
             return _result(task, "diverged", _read_summary(run), time.perf_counter() - started)
         resumed = state == "resume"
         status, summary, error = "skipped", _read_summary(run), None
-        if state != "complete":
-            status, summary, error = _pretrain_cell(task, run, state, env, on_start)
-            if status != "complete":
-                return _result(task, status, summary, time.perf_counter() - started, error, resumed)
-        finetune = None
+        finetuned = None
         if task.get("finetune"):
             from .presets import FinetuneRecipe
 
-            finetune = "skipped"
-            if not finetune_done(run.path, FinetuneRecipe(**task["finetune_recipe"])):
+            recipe = FinetuneRecipe(**task["finetune_recipe"])
+            finetuned = partial(finetune_done, run.path, recipe)
+        if state != "complete":  # pre-train, and fine-tune in the same kernel when asked
+            status, summary, error = _pretrain_cell(task, run, state, env, on_start)
+            if status != "complete":
+                trained = (summary or {}).get("status") == "complete"
+                if finetuned is not None and trained and not finetuned():
+                    error = f"fine-tuning failed: {error.removeprefix(NOTEBOOK_FAILED)}"
+                    return _result(task, "failed", summary, time.perf_counter() - started, error, resumed,
+                                   finetune="failed")
+                return _result(task, status, summary, time.perf_counter() - started, error, resumed)
+        finetune = None
+        if finetuned is not None:
+            finetune = "skipped" if state == "complete" else "complete"
+            if not finetuned():  # a run pre-trained before (or without) fine-tuning: its own notebook
                 executed = run.path / "finetune" / "notebook.ipynb"
                 params = {"run_dir": str(run.path), "tasks": "", "data_dir": task["data_dir"]}
                 code, stderr, written = _papermill(task["finetune_notebook"], executed, params, env, on_start)
@@ -427,9 +440,9 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     and seeds) through notebooks/pretrain.ipynb; returns one row per cell, in grid order: model, method, budget,
     seed, run_dir, status (complete | skipped | failed | diverged), rst_s, wall_s (the run's training wall time),
     final_val_loss, error, elapsed_s (this call's seconds on the cell, papermill and kernel start included),
-    resumed, finetune. With `finetune`, every complete run is then fine-tuned on the offline tasks through
-    notebooks/finetune.ipynb (into DIR/finetune/, kept as DIR/finetune/notebook.ipynb) unless its results are up
-    to date; finetune says complete | skipped | failed (None without it). Bad grid-wide input raises UsageError
+    resumed, finetune. With `finetune`, every complete run is then fine-tuned on the offline tasks (into
+    DIR/finetune/; see the module's docstring) unless its results are up to date; finetune says complete |
+    skipped | failed (None without it). Bad grid-wide input raises UsageError
     before anything is written."""
     from . import data as data_mod
     from .train import check_writable

@@ -149,6 +149,35 @@ def test_fine_tuning_follows_pre_training_once(local_grid, built_fixture, monkey
     assert "finetune" in grid.format_table([again]).splitlines()[0]
 
 
+def test_a_new_cell_fine_tunes_in_its_pre_training_kernel(built_fixture, tmp_path, one_thread):
+    cell = {"preset": "tiny", "models": ["t5"], "methods": ["baseline"], "budgets": ["5s"], "seeds": [0],
+            "results": tmp_path / "results", "data_dir": built_fixture[0], "log": quiet}
+    (row,) = grid.sweep(**cell, finetune=True)
+    assert (row["status"], row["finetune"]) == ("complete", "complete"), row["error"]
+    run_dir = tmp_path / "results" / "tiny" / "t5" / "baseline" / "5s" / "seed0"
+    for task in ("spam_ham", "brown_genre", "sotu_party"):
+        assert json.loads((run_dir / "finetune" / f"{task}.json").read_text())["task"] == task
+    # one kernel did both: the pre-training notebook shows the scores, no second notebook was started
+    assert "sotu_party" in notebook_text(run_dir / "notebook.ipynb")
+    assert not (run_dir / "finetune" / "notebook.ipynb").exists()
+
+
+def test_fine_tuning_that_fails_in_the_pre_training_kernel_fails_the_cell(built_fixture, tmp_path, one_thread):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(built_fixture[0], data_dir)
+    for part in (data_dir / "tasks" / "spam_ham").iterdir():  # the task is there but unreadable: found mid-cell
+        shutil.rmtree(part) if part.is_dir() else part.unlink()
+    cell = {"preset": "tiny", "models": ["t5"], "methods": ["baseline"], "budgets": ["5s"], "seeds": [0],
+            "results": tmp_path / "results", "data_dir": data_dir, "log": quiet}
+    (row,) = grid.sweep(**cell, finetune=True)
+    assert (row["status"], row["finetune"]) == ("failed", "failed")
+    assert row["error"].startswith("fine-tuning failed:"), row["error"]
+    run_dir = tmp_path / "results" / "tiny" / "t5" / "baseline" / "5s" / "seed0"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"  # the run itself stands
+
+
 def test_a_cell_with_an_invalid_parameter_fails_alone(built_fixture, tmp_path, monkeypatch, capsys, one_thread):
     # `tiny2`: two BERT blocks, so layer stacking (which needs a multiple of 4) cannot run; the baseline can
     presets = tmp_path / "presets.json"

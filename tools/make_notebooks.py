@@ -37,6 +37,7 @@ free_scoring: bool = False  # ablation: batch-selection scoring passes cost no R
 free_hessian: bool = False  # ablation: Sophia's Hessian passes cost no RST
 data_dir: str = ""  # data directory; empty: ./data or $NTNG_DATA_DIR
 data_split: str = ""  # training windows: full | rho_main (RHO-LOSS's 80%); empty: the method's own
+finetune: bool = False  # then fine-tune the complete run on the offline tasks (ntng.finetune) in this kernel
 '''),
         new_code_cell('''import ntng
 
@@ -58,6 +59,12 @@ ax_loss.set(xlabel="RST (s)", ylabel="loss", title=f"{model} / {method}: loss ag
 sns.lineplot(data=metrics.dropna(subset=["lr"]), x="rst_s", y="lr", ax=ax_lr)
 ax_lr.set(xlabel="RST (s)", ylabel="learning rate", title="schedule: a function of the budget fraction")
 fig.tight_layout()'''),
+        new_code_cell('''# Fine-tuning here, not in notebooks/finetune.ipynb, spares a grid cell a second kernel start (imports).
+downstream = {}
+if finetune and summary["status"] == "complete":
+    downstream = ntng.finetune(summary["run_dir"], data_dir=data_dir or None)
+{task: (r["metric"], round(r["best_dev_score"], 4), "floor", round(r["floor"]["best_dev_score"], 4))
+ for task, r in downstream.items()}'''),
     ],
     "calibrate.ipynb": [
         new_markdown_cell("# Calibrate an RST table on this machine\n\n"
@@ -127,6 +134,8 @@ plt.show()'''),
 def main() -> None:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=cells, metadata=KERNEL)
+        for i, cell in enumerate(nb.cells):  # stable ids: rewriting a notebook changes only what changed
+            cell.id = f"{Path(name).stem}-{i}"
         nbformat.validate(nb)
         nbformat.write(nb, ROOT / "notebooks" / name)
         print(f"wrote notebooks/{name}")
