@@ -130,10 +130,10 @@ def build_parser() -> OneLineParser:
                    "local Ray runtime for the sweep. Results and data must be on a filesystem every node sees")
     p.add_argument("--jobs", type=_positive_int, default=1, help="cells at once with the local executor")
     p.add_argument("--results", type=Path, default=Path("results"), help="results tree (default ./results)")
-    p.add_argument("--finetune", action="store_true",
-                   help="then fine-tune every complete run on the offline tasks (into DIR/finetune/; in the "
-                   "pre-training kernel, or notebooks/finetune.ipynb for a run complete before), skipping runs "
-                   "whose results are up to date")
+    p.add_argument("--finetune", nargs="*", metavar="BUDGET",
+                   help="then fine-tune every complete run (or only the runs of these budgets) on the offline tasks "
+                   "(into DIR/finetune/; in the pre-training kernel, or notebooks/finetune.ipynb for a run complete "
+                   "before), skipping runs whose results are up to date")
 
     p = sub.add_parser("book", help="build the Jupyter Book from the run records",
                        description="Run the preset's grid if missing, then build the HTML book.")
@@ -205,7 +205,8 @@ def cmd_sweep(args) -> int:
 
     rows = sweep(preset=args.preset, models=args.models, methods=args.methods, budgets=args.budgets,
                  seeds=args.seeds, executor=args.executor, ray_address=args.ray_address, jobs=args.jobs,
-                 results=args.results, finetune=args.finetune, log=lambda m: print(f"ntng sweep: {m}", flush=True))
+                 results=args.results, finetune=True if args.finetune == [] else args.finetune,  # bare: all
+                 log=lambda m: print(f"ntng sweep: {m}", flush=True))
     print(format_table(rows), flush=True)
     bad = sum(r["status"] in ("failed", "diverged") for r in rows)
     if bad:

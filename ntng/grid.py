@@ -426,6 +426,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _finetune_budgets(finetune, budgets: list[str]) -> set[str]:
+    """The grid budgets whose runs are fine-tuned: `finetune` True (all), False/None (none) or some budgets."""
+    grid = {format_budget(parse_budget(b)) for b in budgets}
+    if finetune is None or isinstance(finetune, bool):
+        return grid if finetune else set()
+    chosen = {format_budget(parse_budget(b)) for b in _check_list("fine-tuning budgets", finetune)}
+    if not chosen <= grid:
+        raise UsageError(f"fine-tuning budget(s) {', '.join(sorted(chosen - grid))} not in the grid's budgets "
+                         f"({', '.join(budgets)})")
+    return chosen
+
+
 def _display_path(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -440,9 +452,9 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     and seeds) through notebooks/pretrain.ipynb; returns one row per cell, in grid order: model, method, budget,
     seed, run_dir, status (complete | skipped | failed | diverged), rst_s, wall_s (the run's training wall time),
     final_val_loss, error, elapsed_s (this call's seconds on the cell, papermill and kernel start included),
-    resumed, finetune. With `finetune`, every complete run is then fine-tuned on the offline tasks (into
-    DIR/finetune/; see the module's docstring) unless its results are up to date; finetune says complete |
-    skipped | failed (None without it). Bad grid-wide input raises UsageError
+    resumed, finetune. With `finetune` (True, or some of the grid's budgets: only their runs), every complete run
+    is then fine-tuned on the offline tasks (into DIR/finetune/; see the module's docstring) unless its results
+    are up to date; finetune says complete | skipped | failed (None where not asked). Bad grid-wide input raises UsageError
     before anything is written."""
     from . import data as data_mod
     from .train import check_writable
@@ -471,7 +483,8 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
         if not packed.exists():
             raise UsageError(f"no packed data at {packed}: run `ntng data` first"
                              + (f" (with --preset {preset_obj.name})" if preset_obj.name == "paper" else ""))
-    if finetune:
+    finetune_at = _finetune_budgets(finetune, budgets)
+    if finetune_at:
         for task_name in data_mod.TASKS:  # the offline stand-in for GLUE, which fine-tuning uses by default
             if not (data_dir / "tasks" / task_name).exists():
                 raise UsageError(f"no task data at {data_dir / 'tasks' / task_name}: run `ntng data` first")
@@ -481,17 +494,18 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     cells = plan_grid(preset_obj.name, models, methods, budgets, seeds, shown_results.resolve())
     rows: list[dict | None] = [None] * len(cells)
     notebook_text = NOTEBOOK.read_text()
-    finetune_text = FINETUNE_NOTEBOOK.read_text() if finetune else None
+    finetune_text = FINETUNE_NOTEBOOK.read_text() if finetune_at else None
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     tasks, task_index = [], []
     for i, cell in enumerate(cells):
+        tuned = cell.budget in finetune_at
         task = {"model": cell.model, "method": cell.method, "budget": cell.budget, "seed": cell.seed,
                 "preset": preset_obj.name, "run_dir": str(cell.run_dir), "data_dir": str(data_dir),
-                "notebook": notebook_text, "env": env, "finetune": bool(finetune)}
-        if finetune:
+                "notebook": notebook_text, "env": env, "finetune": tuned}
+        if tuned:
             task.update(finetune_notebook=finetune_text, finetune_recipe=asdict(preset_obj.finetune))
         state = cell_state(cell.run_dir)
-        if state == "diverged" or (state == "complete" and not finetune):  # final: nothing is started for it
+        if state == "diverged" or (state == "complete" and not tuned):  # final: nothing is started for it
             rows[i] = _result(task, "skipped" if state == "complete" else "diverged", _read_summary(
                 RunDir(cell.run_dir)), 0.0)
         elif state == "complete" and finetune_done(cell.run_dir, preset_obj.finetune):

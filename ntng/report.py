@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .presets import METHODS, format_budget
+from .errors import UsageError
+from .presets import METHODS, format_budget, get_preset
 from .records import METRIC_COLUMNS, Unreadable, read_metrics_checked
 
 KEYS = ["model", "method", "budget", "budget_rst_s", "seed"]
@@ -417,7 +418,6 @@ def rst_tables(preset_name: str, results: str | Path | None = None) -> tuple[pd.
     for the shipped tables of the preset (and the paper's) and this machine's tables under `calibration_dir`;
     plus a list of tables that could not be read (file: reason)."""
     from .errors import NtngError
-    from .presets import get_preset
     from .rst import load_table, shipped_table_path
 
     rows, problems = [], []
@@ -671,7 +671,13 @@ def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
         if top is not None:
             best.append(f"{model} / {task}: best mean dev score {fmt(top['mean'])} by "
                         f"{LABELS.get(top['method'], top['method'])} at {top['budget']}")
-    return markdown_table(frame) + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "")
+    tuned = sorted(set(scores["budget_rst_s"]))
+    trained = sorted(set(table.runs["budget_rst_s"])) if len(table.runs) else tuned
+    which = ("" if tuned == trained else
+             f"\n\nFine-tuned here: the runs of budget {', '.join(format_budget(b) for b in tuned)} (pre-trained: "
+             f"{', '.join(format_budget(b) for b in trained)}); `ntng finetune --run DIR` fine-tunes any other run.")
+    return (markdown_table(frame) + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "")
+            + which)
 
 
 def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) -> str:
@@ -709,11 +715,18 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
 def reproduce_text(table: RunTable) -> str:
     """Generated: the exact commands that re-make these results and this book."""
     preset, results = table.preset, table.results
+    try:
+        spec = get_preset(preset)
+        finetuned = " ".join(spec.book_finetune_budgets or spec.budgets)
+    except UsageError:  # records of a preset this checkout does not define
+        finetuned = "BUDGET ..."
     example = table.runs.iloc[0] if len(table.runs) else None
     lines = ["```bash",
              "make book                       # .venv, data, the smoke grid, this book (fresh clone)",
              ".venv/bin/ntng data",
              f".venv/bin/ntng sweep --preset {preset} --results {results}          # the whole grid (skips complete runs)",
+             f".venv/bin/ntng sweep --preset {preset} --results {results} --finetune {finetuned}  # as `ntng book` "
+             "runs it: fine-tuned where the book shows it",
              f".venv/bin/ntng sweep --preset {preset} --results {results} --executor ray --ray-address auto --jobs 4",
              f".venv/bin/ntng book --preset {preset} --results {results}           # this book"]
     if example is not None:

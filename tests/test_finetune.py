@@ -14,6 +14,7 @@ import torch
 
 from ntng import cli, downstream, metrics, train
 from ntng.errors import UsageError
+from ntng.presets import get_preset
 
 RECIPE = {"epochs": 2, "batch_size": 8}  # the fixture tasks hold a few dozen examples each
 
@@ -103,6 +104,29 @@ def test_t5_rank_scores_are_sequence_log_likelihoods(runs):
         for row in range(2):
             hf_loss = model.hf(input_ids=inputs[row:row + 1], labels=target[row:row + 1]).loss
             assert ours[row].item() == pytest.approx(-hf_loss.item() * 4, rel=1e-4)
+
+
+def test_t5_predicts_the_label_with_the_highest_log_likelihood(runs):
+    """All labels are scored in one padded decoder pass; each must score as it does alone, unpadded."""
+    model = downstream.load_pretrained(downstream.inspect_run(runs[0] / "t5")).eval()
+    torch.manual_seed(1)
+    labels = [[5, 1], [17, 42, 9, 1], [300, 1], [8, 8, 1]]  # different lengths: the padding must not count
+    inputs = [torch.randint(3, 300, (n,)).tolist() for n in (7, 12, 5, 9, 11)]
+    encoded = downstream.Encoded(train_inputs=[], train_targets=[], dev_inputs=inputs, dev_gold=[],
+                                 num_classes=len(labels), class_ids=labels, class_values=None, fingerprint="")
+    recipe = downstream.recipe_for_suite(get_preset("tiny").finetune, downstream.OFFLINE_SUITE)
+    fitter = downstream._Fitter("t5", model, encoded, recipe, "accuracy", 0, torch.device("cpu"), None,
+                                lambda m: None, "test")
+    expected = []
+    with torch.no_grad():
+        for example in inputs:
+            ids = torch.tensor([example])
+            states = model.encode(ids, list(range(model.num_layers)))
+            alone = [downstream.t5_target_logprobs(model, states, None, torch.tensor([label]),
+                                                   torch.ones(1, len(label))).item() for label in labels]
+            expected.append(max(range(len(labels)), key=alone.__getitem__))
+    assert fitter.predict(inputs) == expected
+    assert len(set(expected)) > 1  # a case where the choice depends on the input
 
 
 # --- fine-tuning ------------------------------------------------------------------------------------------

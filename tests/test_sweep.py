@@ -162,6 +162,20 @@ def test_a_new_cell_fine_tunes_in_its_pre_training_kernel(built_fixture, tmp_pat
     assert not (run_dir / "finetune" / "notebook.ipynb").exists()
 
 
+def test_fine_tuning_only_the_budgets_asked_for(built_fixture, tmp_path, monkeypatch, capsys, one_thread):
+    results = tmp_path / "results"
+    monkeypatch.setenv("NTNG_DATA_DIR", str(built_fixture[0]))
+    code = cli.main(["sweep", "--preset", "tiny", "--models", "t5", "--methods", "baseline", "--budgets", "2s", "4s",
+                     "--results", str(results), "--finetune", "4s"])
+    assert code == 0, capsys.readouterr()
+    root = results / "tiny" / "t5" / "baseline"
+    assert not (root / "2s" / "seed0" / "finetune").exists()
+    assert (root / "4s" / "seed0" / "finetune" / "spam_ham.json").is_file()
+    with pytest.raises(UsageError, match="not in the grid's budgets"):
+        grid.sweep(preset="tiny", models=["t5"], methods=["baseline"], budgets=["2s"], results=results,
+                   data_dir=built_fixture[0], finetune=["4s"], log=quiet)
+
+
 def test_fine_tuning_that_fails_in_the_pre_training_kernel_fails_the_cell(built_fixture, tmp_path, one_thread):
     import shutil
 
@@ -291,7 +305,9 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("NTNG_PRESETS_FILE", str(presets))
     presets.write_text(json.dumps([{"name": "seeded", "base": "smoke", "seeds": [3, 4], "ray_cpus": 2}]))
     assert get_preset("seeded").seeds == (3, 4) and get_preset("seeded").ray_cpus == 2
-    for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}):
+    presets.write_text(json.dumps([{"name": "tuned", "base": "smoke", "book_finetune_budgets": ["5s", "10s"]}]))
+    assert get_preset("tuned").book_finetune_budgets == ("5s", "10s")
+    for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}, {"book_finetune_budgets": ["1h"]}):
         presets.write_text(json.dumps([{"name": "bad", "base": "smoke", **bad}]))
         with pytest.raises(UsageError, match="bad"):
             get_preset("bad")
