@@ -186,18 +186,83 @@ def hf_default_throughput(preset: str, data_dir: Path, steps: int, warmup: int) 
             "precision": "float32"}
 
 
+# --- where a step's time goes --------------------------------------------------------------------------------
+
+# torch.profiler op names -> what they are; the first pattern that a name contains wins, the rest is "elementwise"
+OP_CATEGORIES = (
+    ("matmul", ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_weight_int", "mkldnn_matmul")),
+    ("vocabulary softmax / loss", ("log_softmax", "nll_loss", "cross_entropy", "logsumexp")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "aten::_softmax",
+                   "softmax_backward")),
+    ("copies and casts", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous", "aten::cat",
+                          "aten::index", "aten::gather", "aten::scatter", "aten::embedding")),
+)
+
+
+def op_category(name: str) -> str:
+    for category, patterns in OP_CATEGORIES:
+        if any(pattern in name for pattern in patterns):
+            return category
+    return "elementwise"
+
+
+def step_breakdown(model: str, preset: str, data_dir: Path, out_dir: Path, steps: int, warmup: int) -> dict:
+    """Where a baseline training step's time goes: the optimizer's step (torch's `Optimizer.step#...` profiler
+    range, ours included: they subclass torch.optim.Optimizer) and, outside it, the self time of every operator
+    (torch.profiler) grouped by `op_category`; what no operator accounts for is Python and framework time. With
+    the model's weight-matmul FLOPs (benchmarks/flops.py) it gives the rate the matmuls themselves reach: MFU is
+    low either because they are slow (small shapes) or because other work takes the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = build_trainer(model, preset, data_dir, out_dir)
+    for _ in range(warmup):
+        trainer.train_step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        total = time.perf_counter() - start
+    sample = trainer.run.batches.next()
+    if model == "bert":
+        counts = bert_flops_per_sequence(trainer.shape, trainer.vocab_size, sample["mlm_positions"].shape[1])
+    else:
+        counts = t5_flops_per_sequence(trainer.shape, trainer.vocab_size, sample["labels"].shape[1])
+    seconds: dict[str, float] = {"optimizer step": 0.0}
+    for event in prof.events():
+        if event.name.startswith("Optimizer.step#"):
+            seconds["optimizer step"] += event.cpu_time_total / 1e6
+            continue
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("Optimizer.step#"):
+            parent = parent.cpu_parent
+        if parent is None:  # the model's work, not the optimizer's
+            category = op_category(event.name)
+            seconds[category] = seconds.get(category, 0.0) + event.self_cpu_time_total / 1e6
+    seconds["python and framework"] = max(0.0, total - sum(seconds.values()))
+    sequences = steps * trainer.shape.micro_batch * trainer.shape.grad_accum
+    matmul_s = seconds.get("matmul", 0.0)
+    return {"preset": preset, "steps": steps, "step_s": total / steps,
+            "fractions": {k: v / total for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])},
+            "matmul_gflops": counts["weights"] * sequences / matmul_s / 1e9 if matmul_s else None,
+            "note": "under torch.profiler (its timers slow small ops down); fractions of the profiled step time"}
+
+
 # --- 5. RST fidelity ---------------------------------------------------------------------------------------
 
 def rst_fidelity(model: str, preset: str, budget: str, data_dir: Path, out_root: Path, methods,
-                 il_budget: str | None = None) -> dict:
+                 il_budget: str | None = None, rst_table: Path | None = None) -> dict:
     """wall_s / rst_s of a short run of each method (its summary's figures). RHO-LOSS's irreducible-loss model is
     built once and cached with the data (its cost is not in the run's wall_s): `il_budget` None is the method's
-    default, so a cache that earlier runs built is reused."""
+    default, so a cache that earlier runs built is reused. `rst_table`: charge with this table (JSON) instead of
+    the preset's shipped one."""
     out = {}
     for method in methods:
         options = {"il_budget_s": parse_budget(il_budget)} if method == "rho_loss" and il_budget else None
         summary = pretrain(model, method, budget, preset, seed=0, out_dir=out_root / f"{model}-{method}",
-                           data_dir=data_dir, method_options=options, log=lambda *a, **k: None)
+                           data_dir=data_dir, method_options=options, rst_table=rst_table,
+                           log=lambda *a, **k: None)
         out[method] = {"wall_s": summary["wall_s"], "rst_s": summary["rst_s"], "steps": summary["steps"],
                        "wall_over_rst": summary["wall_s"] / summary["rst_s"], "status": summary["status"]}
     return out
@@ -217,9 +282,11 @@ SETTINGS = {
     # full: mini models for throughput (the issue's "mini BERT / mini T5"), the smoke preset for RST fidelity (its
     # short runs are long enough to amortise warm-up, and its tables were measured on the project's 2-core machine)
     "full": {"preset": "mini", "fidelity_preset": "smoke", "fidelity_budget": "10s", "il_budget": None,
-             "matmul_n": 2048, "matmul_repeats": 10, "steps": 6, "warmup": 2, "rounds": 2, "compile": True},
+             "matmul_n": 2048, "matmul_repeats": 10, "steps": 6, "warmup": 2, "rounds": 2, "compile": True,
+             "profile_steps": 3, "calibration_repeats": 5},
     "smoke": {"preset": "tiny", "fidelity_preset": "tiny", "fidelity_budget": "0.5s", "il_budget": "0.5s", "matmul_n": 256,
-              "matmul_repeats": 3, "steps": 2, "warmup": 1, "rounds": 1, "compile": False},
+              "matmul_repeats": 3, "steps": 2, "warmup": 1, "rounds": 1, "compile": False, "profile_steps": 1,
+              "calibration_repeats": 1},
 }
 
 
@@ -282,24 +349,51 @@ def run_bench(mode: str, data_dir: Path, preset: str | None = None, fidelity_pre
             compile_speedup=compiled["tokens_per_s"] / bert["tokens_per_s"] if compiled else None,
             compiled=compiled)
 
-        fidelity, tables = {}, {}
+        breakdown = {}
+        for model in ("bert", "t5"):
+            log(f"where a {model} step's time goes (torch.profiler, {s['profile_steps']} steps)")
+            breakdown[model] = step_breakdown(model, s["preset"], data_dir, tmp / f"profile-{model}",
+                                              s["profile_steps"], s["warmup"])
+        result.update(step_breakdown=breakdown)
+
+        # RST fidelity twice per method: charged by the shipped table (measured on this kind of machine, another
+        # day) and by a table calibrated here minutes before (what the RST model itself predicts, drift removed)
+        fidelity, fidelity_shipped, tables = {}, {}, {}
+        from ntng.calibration import calibrate
         from ntng.rst import shipped_table
 
         for model in ("bert", "t5"):
             preset_obj = get_preset(s["fidelity_preset"])
             table = shipped_table(preset_obj.rst_preset, model)
+            today = tmp / f"today-{model}.json"
+            log(f"RST fidelity: calibrating {model} at preset {s['fidelity_preset']} on this machine now")
+            measured = calibrate(s["fidelity_preset"], model, out=today, repeats=s["calibration_repeats"],
+                                 log=lambda *a, **k: None)
             tables[model] = {"name": table.name, "machine": table.machine,
-                             "same_machine_kind": same_machine_kind(table.machine, here)}
-            log(f"RST fidelity: {model}, every method, {s['fidelity_budget']} RST at preset {s['fidelity_preset']}")
-            fidelity[model] = rst_fidelity(model, s["fidelity_preset"], s["fidelity_budget"], data_dir,
-                                           tmp / "fidelity", METHODS, s["il_budget"])
+                             "same_machine_kind": same_machine_kind(table.machine, here),
+                             "today": {"name": measured["name"], "train_full_depth_s": _full_depth(measured),
+                                       "shipped_train_full_depth_s": _full_depth(table.to_dict())}}
+            for label, charged, out in (("today's table", today, fidelity), ("shipped table", None,
+                                                                             fidelity_shipped)):
+                log(f"RST fidelity: {model}, every method, {s['fidelity_budget']} RST at preset "
+                    f"{s['fidelity_preset']}, charged by the {label}")
+                out[model] = rst_fidelity(model, s["fidelity_preset"], s["fidelity_budget"], data_dir,
+                                          tmp / f"fidelity-{label[:5]}", METHODS, s["il_budget"], charged)
     result.update(
         wall_over_rst={m: v["wall_over_rst"] for m, v in fidelity["bert"].items()},
         wall_over_rst_t5={m: v["wall_over_rst"] for m, v in fidelity["t5"].items()},
+        wall_over_rst_shipped={m: v["wall_over_rst"] for m, v in fidelity_shipped["bert"].items()},
+        wall_over_rst_shipped_t5={m: v["wall_over_rst"] for m, v in fidelity_shipped["t5"].items()},
         rst_fidelity={"preset": s["fidelity_preset"], "budget": s["fidelity_budget"], "tables": tables,
-                      "runs": fidelity},
+                      "runs": fidelity, "runs_shipped_table": fidelity_shipped},
         load_average_after=os.getloadavg(), bench_wall_s=time.perf_counter() - started)
     return result
+
+
+def _full_depth(table: dict) -> float:
+    """A table's seconds per forward+backward micro-batch at its deepest layer count."""
+    train = table["units"]["train"]
+    return float(train[max(train, key=int)])
 
 
 def _best(runs: list[dict]) -> dict:
@@ -323,9 +417,14 @@ def print_table(r: dict, out=sys.stdout) -> None:
         ("clock + hooks / step", pct(r["clock_overhead_fraction"])),
         ("loader wait / step", pct(r["loader_wait_fraction"])),
     ]
+    for model, part in r["step_breakdown"].items():
+        rows.append((f"{model} step ({part['step_s'] * 1e3:.0f} ms profiled)",
+                     "  ".join(f"{k} {v:.0%}" for k, v in part["fractions"].items() if v >= 0.005)
+                     + f"; matmuls at {part['matmul_gflops']:.0f} GFLOP/s"))
     for model, key in (("BERT", "wall_over_rst"), ("T5", "wall_over_rst_t5")):
-        rows.append((f"wall / RST, {model} ({r['rst_fidelity']['preset']})",
-                     "  ".join(f"{m} {v:.2f}" for m, v in r[key].items())))
+        for label, k in (("today's table", key), ("shipped table", key.replace("rst", "rst_shipped"))):
+            rows.append((f"wall / RST, {model} ({r['rst_fidelity']['preset']}, {label})",
+                         "  ".join(f"{m} {v:.2f}" for m, v in r[k].items())))
     rows.append(("load average before / after", f"{r['load_average_before'][0]:.2f} / {r['load_average_after'][0]:.2f}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -23,7 +23,7 @@ from .presets import MODELS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: _config.yml and book/ live here
 SOURCES = ("_config.yml", "book")
-CALIBRATION_REPEATS = 3  # a quick table of this machine for the RST chapter (the shipped tables used 7)
+CALIBRATION_REPEATS = 2  # a quick table of this machine for the RST chapter (the shipped tables used 7)
 
 
 def bench_json() -> Path:

@@ -426,6 +426,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def run_order(tasks: list[dict]) -> list[int]:
+    """The order cells start in: each model's first RHO-LOSS cell first (it trains and scores the irreducible-loss
+    model, minutes at smoke), the model's other RHO-LOSS cells last (they reuse that model; started next to the
+    first, they would hold a job slot idle waiting on its lock), the rest in grid order in between."""
+    first, middle, last, seen = [], [], [], set()
+    for k, task in enumerate(tasks):
+        if task["method"] != "rho_loss":
+            middle.append(k)
+        elif task["model"] in seen:
+            last.append(k)
+        else:
+            seen.add(task["model"])
+            first.append(k)
+    return first + middle + last
+
+
 def _finetune_budgets(finetune, budgets: list[str]) -> set[str]:
     """The grid budgets whose runs are fine-tuned: `finetune` True (all), False/None (none) or some budgets."""
     grid = {format_budget(parse_budget(b)) for b in budgets}
@@ -513,6 +529,8 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
         else:
             tasks.append(task)
             task_index.append(i)
+    order = run_order(tasks)
+    tasks, task_index = [tasks[k] for k in order], [task_index[k] for k in order]
     finished = len(cells) - len(tasks)
     where = f"{executor}" + (f" x{jobs}" if executor == "local" else f" ({ray_address or 'local runtime'})")
     log(f"grid of {len(cells)} cells at preset {preset_obj.name} -> {_display_path(shown_results)}: "

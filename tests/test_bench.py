@@ -61,6 +61,16 @@ def test_attention_flops_by_hand():
     assert full["weights"] - sparse["weights"] == 6 * 3 * (2 * 2 + 2 * 10)
 
 
+def test_op_categories():
+    import bench
+
+    assert bench.op_category("aten::mm") == bench.op_category("aten::addmm") == "matmul"
+    assert bench.op_category("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert bench.op_category("aten::_log_softmax_backward_data") == "vocabulary softmax / loss"
+    assert bench.op_category("aten::copy_") == "copies and casts"
+    assert bench.op_category("aten::gelu") == "elementwise"
+
+
 def test_bench_smoke_writes_every_key(built_fixture, tmp_path):
     data_dir, _ = built_fixture
     out = tmp_path / "bench.json"
@@ -73,11 +83,15 @@ def test_bench_smoke_writes_every_key(built_fixture, tmp_path):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
     for key in ("clock_overhead_fraction", "loader_wait_fraction"):
         assert result[key] < 1, key
-    for key in ("wall_over_rst", "wall_over_rst_t5"):
+    for key in ("wall_over_rst", "wall_over_rst_t5", "wall_over_rst_shipped", "wall_over_rst_shipped_t5"):
         assert set(result[key]) == set(METHODS)
         assert all(isinstance(v, float) and v > 0 for v in result[key].values())
     assert result["rst_fidelity"]["runs"]["bert"]["baseline"]["status"] == "complete"
     assert result["compile_s"] is None  # the smoke does not compile
+    for model in ("bert", "t5"):  # where a step's time goes: shares of the step, the matmuls among them
+        part = result["step_breakdown"][model]
+        assert 0.99 <= sum(part["fractions"].values()) <= 1.01 and part["fractions"]["matmul"] > 0
+        assert part["fractions"]["optimizer step"] > 0 and part["matmul_gflops"] > 0
     assert "speed-up vs HF default" in proc.stdout and str(out) in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"], "written atomically, no temp file left"
 

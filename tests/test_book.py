@@ -167,4 +167,4 @@ def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, mon
         build_book(preset="smoke", results=tmp_path / "results", run_grid=True, log=lambda m: None)
     jobs = calls[0]["jobs"]
     assert isinstance(jobs, int) and jobs == max(1, os.cpu_count() or 1)  # smoke asks for one CPU per cell
-    assert calls[0]["finetune"] == ["20s"] and calls[0]["preset"] == "smoke"  # smoke: the largest budget only
+    assert calls[0]["finetune"] == ["12s"] and calls[0]["preset"] == "smoke"  # smoke: the largest budget only

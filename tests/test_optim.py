@@ -64,7 +64,7 @@ def _initial_tensors(rng):
     ]
 
 
-def _run(steps=36, dtype=torch.float64, **reference_options):
+def _run(steps=36, dtype=torch.float64, foreach=None, **reference_options):
     """Run torch AdamWScale and the numpy reference side by side; return both final parameter lists."""
     rng = np.random.default_rng(1234)
     initial = _initial_tensors(rng)
@@ -72,7 +72,7 @@ def _run(steps=36, dtype=torch.float64, **reference_options):
     betas, eps = (0.9, 0.999), 1e-6
     # two groups: the first decays (wd > 0), the second (holding the tiny tensor) does not
     optimizer = AdamWScale([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:]}],
-                           lr=2e-2, betas=betas, eps=eps, weight_decay=0.0)
+                           lr=2e-2, betas=betas, eps=eps, weight_decay=0.0, foreach=foreach)
     reference = ReferenceAdamWScale(initial, betas, eps, **reference_options)
     group_of = [0, 0, 1, 1]
     for step in range(steps):
@@ -95,8 +95,9 @@ def _run(steps=36, dtype=torch.float64, **reference_options):
     return [p.detach().double().numpy() for p in params], reference, optimizer, initial
 
 
-def test_adamw_scale_matches_the_reference_rule():
-    got, reference, optimizer, initial = _run()
+@pytest.mark.parametrize("foreach", [False, True])  # tensor by tensor (CPU default), all at once (CUDA default)
+def test_adamw_scale_matches_the_reference_rule(foreach):
+    got, reference, optimizer, initial = _run(foreach=foreach)
     for ours, theirs, start in zip(got, reference.p, initial, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-12)
         assert not np.allclose(ours, start)  # the run actually moved every tensor
@@ -129,18 +130,20 @@ def _reference_only(**kwargs):
     return reference.p
 
 
-def test_adamw_scale_in_float32_tracks_the_reference():
-    got, reference, _, _ = _run(dtype=torch.float32)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adamw_scale_in_float32_tracks_the_reference(foreach):
+    got, reference, _, _ = _run(dtype=torch.float32, foreach=foreach)
     for ours, theirs in zip(got, reference.p, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=1e-9)
 
 
-def test_adamw_scale_first_step_by_hand():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adamw_scale_first_step_by_hand(foreach):
     # t = 1: m = 0.1 g and v = 0.001 g^2, so m / sqrt(v) = sign(g) * 0.1 / sqrt(0.001), which the bias correction
     # sqrt(0.001) / 0.1 cancels: the first step moves every element by lr * RMS(p) against its gradient
     p = nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))  # RMS = sqrt(12.5)
     p.grad = torch.tensor([0.5, -2.0], dtype=torch.float64)
-    AdamWScale([p], lr=0.01, betas=(0.9, 0.999), eps=1e-300, weight_decay=0.5).step()
+    AdamWScale([p], lr=0.01, betas=(0.9, 0.999), eps=1e-300, weight_decay=0.5, foreach=foreach).step()
     rms = math.sqrt(12.5)
     step = 0.01 * rms
     expected = (np.array([3.0, -4.0]) - step * np.array([1.0, -1.0])) * (1 - 0.01 * 0.5)
@@ -311,3 +314,28 @@ def test_build_optimizer_adamw_scale_and_unknown():
     assert all(g["lr"] == 2e-2 and g["eps"] == 1e-6 and g["betas"] == (0.9, 0.999) for g in optimizer.param_groups)
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         build_optimizer("lion", t5, lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+
+def test_adamw_scale_picks_tensor_by_tensor_on_cpu():
+    optimizer = AdamWScale([nn.Parameter(torch.ones(2))], lr=1e-2)
+    assert not optimizer._uses_foreach()  # measured faster on CPU; CUDA parameters pick foreach
+    assert AdamWScale([nn.Parameter(torch.ones(2))], lr=1e-2, foreach=True)._uses_foreach()
+
+
+def test_build_optimizer_adamw_is_fused_and_matches_the_per_tensor_rule():
+    """The baseline's fused AdamW against torch's for-loop AdamW on the same gradients."""
+    torch.manual_seed(0)
+    model = build_model("bert", SMOKE)
+    twin = build_model("bert", SMOKE)
+    twin.load_state_dict(model.state_dict())
+    fused = build_optimizer("adamw", model, 1e-3, (0.9, 0.98), 1e-12, 0.01)
+    plain = torch.optim.AdamW(decay_groups(twin, 0.01), lr=1e-3, betas=(0.9, 0.98), eps=1e-12, foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(3):
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

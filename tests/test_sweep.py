@@ -313,6 +313,17 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
             get_preset("bad")
 
 
+def test_each_models_first_rho_cell_starts_first_and_its_others_last():
+    cells = [(model, method, budget) for model in ("bert", "t5") for method in ("baseline", "rho_loss", "lion")
+             for budget in ("3s", "6s")]
+    tasks = [{"model": m, "method": meth, "budget": b} for m, meth, b in cells]
+    order = [cells[k] for k in grid.run_order(tasks)]
+    assert order[:2] == [("bert", "rho_loss", "3s"), ("t5", "rho_loss", "3s")]  # they build the IL models
+    assert order[-2:] == [("bert", "rho_loss", "6s"), ("t5", "rho_loss", "6s")]  # they reuse them
+    assert sorted(order) == sorted(cells)
+    assert [c for c in order if c[1] != "rho_loss"] == [c for c in cells if c[1] != "rho_loss"]
+
+
 def test_progress_is_on_where_a_person_watches(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
