@@ -283,10 +283,10 @@ SETTINGS = {
     # short runs are long enough to amortise warm-up, and its tables were measured on the project's 2-core machine)
     "full": {"preset": "mini", "fidelity_preset": "smoke", "fidelity_budget": "10s", "il_budget": None,
              "matmul_n": 2048, "matmul_repeats": 10, "steps": 6, "warmup": 2, "rounds": 2, "compile": True,
-             "profile_steps": 3, "calibration_repeats": 5},
+             "profile_steps": 3, "calibration_repeats": 5, "fidelity_rounds": 2},
     "smoke": {"preset": "tiny", "fidelity_preset": "tiny", "fidelity_budget": "0.5s", "il_budget": "0.5s", "matmul_n": 256,
               "matmul_repeats": 3, "steps": 2, "warmup": 1, "rounds": 1, "compile": False, "profile_steps": 1,
-              "calibration_repeats": 1},
+              "calibration_repeats": 1, "fidelity_rounds": 1},
 }
 
 
@@ -356,9 +356,10 @@ def run_bench(mode: str, data_dir: Path, preset: str | None = None, fidelity_pre
                                               s["profile_steps"], s["warmup"])
         result.update(step_breakdown=breakdown)
 
-        # RST fidelity twice per method: charged by the shipped table (measured on this kind of machine, another
-        # day) and by a table calibrated here minutes before (what the RST model itself predicts, drift removed)
-        fidelity, fidelity_shipped, tables = {}, {}, {}
+        # RST fidelity: a table calibrated here minutes before (what the RST model predicts, the shipped table's
+        # drift removed), then every method in rounds, the order reversed each round; this VM's speed moves by more
+        # than 10% within minutes, so each method is also compared with the baseline run of the same round
+        fidelity, tables = {}, {}
         from ntng.calibration import calibrate
         from ntng.rst import shipped_table
 
@@ -369,23 +370,30 @@ def run_bench(mode: str, data_dir: Path, preset: str | None = None, fidelity_pre
             log(f"RST fidelity: calibrating {model} at preset {s['fidelity_preset']} on this machine now")
             measured = calibrate(s["fidelity_preset"], model, out=today, repeats=s["calibration_repeats"],
                                  log=lambda *a, **k: None)
-            tables[model] = {"name": table.name, "machine": table.machine,
-                             "same_machine_kind": same_machine_kind(table.machine, here),
-                             "today": {"name": measured["name"], "train_full_depth_s": _full_depth(measured),
-                                       "shipped_train_full_depth_s": _full_depth(table.to_dict())}}
-            for label, charged, out in (("today's table", today, fidelity), ("shipped table", None,
-                                                                             fidelity_shipped)):
-                log(f"RST fidelity: {model}, every method, {s['fidelity_budget']} RST at preset "
-                    f"{s['fidelity_preset']}, charged by the {label}")
-                out[model] = rst_fidelity(model, s["fidelity_preset"], s["fidelity_budget"], data_dir,
-                                          tmp / f"fidelity-{label[:5]}", METHODS, s["il_budget"], charged)
+            tables[model] = {"name": measured["name"], "machine": measured["machine"],
+                             "same_machine_kind": True, "shipped": table.name,
+                             "train_full_depth_s": _full_depth(measured),
+                             "shipped_train_full_depth_s": _full_depth(table.to_dict())}
+            rounds = []
+            for r in range(s["fidelity_rounds"]):
+                order = list(METHODS) if r % 2 == 0 else list(reversed(METHODS))
+                log(f"RST fidelity: {model}, round {r + 1}/{s['fidelity_rounds']}, every method, "
+                    f"{s['fidelity_budget']} RST at preset {s['fidelity_preset']}, charged by the table just measured")
+                rounds.append(rst_fidelity(model, s["fidelity_preset"], s["fidelity_budget"], data_dir,
+                                           tmp / f"fidelity-{r}", order, s["il_budget"], today))
+            fidelity[model] = {m: {"rounds": [rnd[m] for rnd in rounds],
+                                   "wall_over_rst": statistics.median(rnd[m]["wall_over_rst"] for rnd in rounds),
+                                   "relative_to_baseline": statistics.median(
+                                       rnd[m]["wall_over_rst"] / rnd["baseline"]["wall_over_rst"] for rnd in rounds),
+                                   "steps": rounds[0][m]["steps"]}
+                               for m in METHODS}
     result.update(
         wall_over_rst={m: v["wall_over_rst"] for m, v in fidelity["bert"].items()},
         wall_over_rst_t5={m: v["wall_over_rst"] for m, v in fidelity["t5"].items()},
-        wall_over_rst_shipped={m: v["wall_over_rst"] for m, v in fidelity_shipped["bert"].items()},
-        wall_over_rst_shipped_t5={m: v["wall_over_rst"] for m, v in fidelity_shipped["t5"].items()},
+        wall_over_rst_relative={m: v["relative_to_baseline"] for m, v in fidelity["bert"].items()},
+        wall_over_rst_relative_t5={m: v["relative_to_baseline"] for m, v in fidelity["t5"].items()},
         rst_fidelity={"preset": s["fidelity_preset"], "budget": s["fidelity_budget"], "tables": tables,
-                      "runs": fidelity, "runs_shipped_table": fidelity_shipped},
+                      "rounds": s["fidelity_rounds"], "runs": fidelity},
         load_average_after=os.getloadavg(), bench_wall_s=time.perf_counter() - started)
     return result
 
@@ -422,8 +430,8 @@ def print_table(r: dict, out=sys.stdout) -> None:
                      "  ".join(f"{k} {v:.0%}" for k, v in part["fractions"].items() if v >= 0.005)
                      + f"; matmuls at {part['matmul_gflops']:.0f} GFLOP/s"))
     for model, key in (("BERT", "wall_over_rst"), ("T5", "wall_over_rst_t5")):
-        for label, k in (("today's table", key), ("shipped table", key.replace("rst", "rst_shipped"))):
-            rows.append((f"wall / RST, {model} ({r['rst_fidelity']['preset']}, {label})",
+        for label, k in (("", key), (" / baseline's", key.replace("rst", "rst_relative"))):
+            rows.append((f"wall / RST{label}, {model} ({r['rst_fidelity']['preset']})",
                          "  ".join(f"{m} {v:.2f}" for m, v in r[k].items())))
     rows.append(("load average before / after", f"{r['load_average_before'][0]:.2f} / {r['load_average_after'][0]:.2f}"))
     width = max(len(k) for k, _ in rows)

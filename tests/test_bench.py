@@ -83,10 +83,11 @@ def test_bench_smoke_writes_every_key(built_fixture, tmp_path):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
     for key in ("clock_overhead_fraction", "loader_wait_fraction"):
         assert result[key] < 1, key
-    for key in ("wall_over_rst", "wall_over_rst_t5", "wall_over_rst_shipped", "wall_over_rst_shipped_t5"):
+    for key in ("wall_over_rst", "wall_over_rst_t5", "wall_over_rst_relative", "wall_over_rst_relative_t5"):
         assert set(result[key]) == set(METHODS)
         assert all(isinstance(v, float) and v > 0 for v in result[key].values())
-    assert result["rst_fidelity"]["runs"]["bert"]["baseline"]["status"] == "complete"
+    baseline = result["rst_fidelity"]["runs"]["bert"]["baseline"]
+    assert [r["status"] for r in baseline["rounds"]] == ["complete"] and result["wall_over_rst_relative"]["baseline"] == 1
     assert result["compile_s"] is None  # the smoke does not compile
     for model in ("bert", "t5"):  # where a step's time goes: shares of the step, the matmuls among them
         part = result["step_breakdown"][model]
