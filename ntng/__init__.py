@@ -4,12 +4,17 @@ Efficient-training methods for BERT and T5 under a fixed Reference System Time (
 does is a plain function here first; heavy modules (torch, datasets) load on first use so `ntng --help` is quick.
 """
 
+import warnings
 from importlib import import_module
 
 from .errors import NtngError, RunError, UsageError
 from .presets import METHODS, MODELS, PRESETS, get_preset, parse_budget
 
 __version__ = "0.1.0"
+
+# Libraries we load (datasets, huggingface_hub) import tqdm.auto, which warns on stderr in a Jupyter kernel without
+# ipywidgets; executed grid notebooks would carry that warning into the book. ntng's own bars are off there.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 # name -> module that defines it; imported on first access
 _LAZY = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 PROGRESS_ENV = "NTNG_PROGRESS"
 _TRUE = ("1", "true", "yes", "on")
@@ -44,9 +43,7 @@ class Bar:
         self.log = log
         self._bar = None
         if enabled() if enable is None else enable:
-            with warnings.catch_warnings():  # tqdm.auto warns once when a notebook has no ipywidgets
-                warnings.simplefilter("ignore")
-                from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # its warning in a kernel without ipywidgets is filtered in ntng/__init__
             self._bar = tqdm(total=total, desc=desc, initial=initial, bar_format=bar_format, dynamic_ncols=True,
                              leave=True)
 

@@ -160,6 +160,10 @@ def test_a_new_cell_fine_tunes_in_its_pre_training_kernel(built_fixture, tmp_pat
     # one kernel did both: the pre-training notebook shows the scores, no second notebook was started
     assert "sotu_party" in notebook_text(run_dir / "notebook.ipynb")
     assert not (run_dir / "finetune" / "notebook.ipynb").exists()
+    # nothing on stderr: the book shows executed notebooks, and flags stderr outputs as problems
+    stderr = [o for c in json.loads((run_dir / "notebook.ipynb").read_text())["cells"] for o in c.get("outputs", [])
+              if o.get("name") == "stderr"]
+    assert not stderr, stderr
 
 
 def test_fine_tuning_only_the_budgets_asked_for(built_fixture, tmp_path, monkeypatch, capsys, one_thread):
