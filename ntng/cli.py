@@ -24,6 +24,12 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def one_line(text: str) -> str:
+    """`text` with every character that could break or hide a line (newline, NEL, U+2028, other controls) escaped:
+    a bad argument is echoed in the error, and the error must stay one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _budget(text: str) -> str:
     parse_budget(text)  # validate early; the value stays a string (it names run directories)
     return text
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
                 "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep}[args.command](args)
     except NtngError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("NTNG_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"{PROG}: error: unexpected {type(exc).__name__}: {first} (NTNG_DEBUG=1 for the traceback)",
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {one_line(first)} (NTNG_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
 

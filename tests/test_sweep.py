@@ -309,8 +309,8 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("NTNG_PRESETS_FILE", str(presets))
     presets.write_text(json.dumps([{"name": "seeded", "base": "smoke", "seeds": [3, 4], "ray_cpus": 2}]))
     assert get_preset("seeded").seeds == (3, 4) and get_preset("seeded").ray_cpus == 2
-    presets.write_text(json.dumps([{"name": "tuned", "base": "smoke", "book_finetune_budgets": ["5s", "10s"]}]))
-    assert get_preset("tuned").book_finetune_budgets == ("5s", "10s")
+    presets.write_text(json.dumps([{"name": "tuned", "base": "smoke", "book_finetune_budgets": ["3s", "6s"]}]))
+    assert get_preset("tuned").book_finetune_budgets == ("3s", "6s")
     for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}, {"book_finetune_budgets": ["1h"]}):
         presets.write_text(json.dumps([{"name": "bad", "base": "smoke", **bad}]))
         with pytest.raises(UsageError, match="bad"):
