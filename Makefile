@@ -34,7 +34,7 @@ data: $(STAMP)
 book: data
 	$(BIN)/ntng book
 
-# what a run costs on this machine (benchmarks/bench.py): ~10 min on 2 cores; run it on a quiet machine
+# what a run costs on this machine (benchmarks/bench.py): ~8 min on 2 cores; run it on a quiet machine
 bench: data
 	$(BIN)/python benchmarks/bench.py --out benchmarks/out/bench.json
 
