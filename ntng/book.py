@@ -124,7 +124,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
     """Build the HTML book from results/<preset>/ and return the path of its index.html.
 
     run_grid: run the preset's grid first (`ntng.grid.sweep`, which skips complete runs), fine-tuning the runs of
-    the preset's `book_finetune_budgets`.
+    the preset's `book_finetune_budgets()`.
     out_dir: where `_build/` goes (default: the checkout). calibrate: measure this machine's RST tables where
     missing (default: when run_grid)."""
     get_preset(preset)  # an unknown preset is a usage error before anything runs
@@ -142,7 +142,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         # second thread, so two one-thread cells finish the grid sooner); a GPU preset runs one cell at a time
         jobs = 1 if spec.ray_gpus else max(1, int((os.cpu_count() or 1) // spec.ray_cpus))
         log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
-        sweep(preset=preset, results=results, finetune=list(spec.book_finetune_budgets or spec.budgets), jobs=jobs,
+        sweep(preset=preset, results=results, finetune=spec.book_finetune_budgets(), jobs=jobs,
               log=log)
     if calibrate if calibrate is not None else run_grid:
         calibrate_here(results, preset, MODELS, log=log)

@@ -118,8 +118,9 @@ class Preset:
     bert_recipe: Recipe = BERT_PAPER_RECIPE
     t5_recipe: Recipe = T5_PAPER_RECIPE
     finetune: FinetuneRecipe = PAPER_FINETUNE
-    # the budgets whose runs `ntng book` fine-tunes (the paper compares downstream scores per budget); None: all
-    book_finetune_budgets: tuple[str, ...] | None = None
+    # which runs `ntng book` fine-tunes: "all" budgets (the paper compares downstream per budget) or the "largest";
+    # a rule, not a list, so a custom preset with other budgets keeps it
+    book_finetune: str = "all"
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
     table_preset: str | None = None  # whose shipped RST tables apply (a custom preset built on a shipped one)
@@ -135,9 +136,15 @@ class Preset:
             raise UsageError(f"preset {self.name!r}: ray_cpus must be a number > 0, got {self.ray_cpus!r}")
         if not (isinstance(self.ray_gpus, (int, float)) and self.ray_gpus >= 0):
             raise UsageError(f"preset {self.name!r}: ray_gpus must be a number >= 0, got {self.ray_gpus!r}")
-        if self.book_finetune_budgets is not None and not set(self.book_finetune_budgets) <= set(self.budgets):
-            raise UsageError(f"preset {self.name!r}: book_finetune_budgets {list(self.book_finetune_budgets)} must "
-                             f"be among its budgets {list(self.budgets)}")
+        if self.book_finetune not in ("all", "largest"):
+            raise UsageError(f"preset {self.name!r}: book_finetune must be 'all' or 'largest', got "
+                             f"{self.book_finetune!r}")
+
+    def book_finetune_budgets(self) -> list[str]:
+        """The budgets whose runs `ntng book` fine-tunes."""
+        if self.book_finetune == "all":
+            return list(self.budgets)
+        return [max(self.budgets, key=parse_budget)]
 
     @property
     def rst_preset(self) -> str:
@@ -172,7 +179,7 @@ PRESETS: dict[str, Preset] = {
                                 max_dev=128),
         # the largest only: the tiny models of the shorter budgets fine-tune to their floor anyway, and fine-tuning
         # all 42 runs would be a third of the book's 20 minutes
-        book_finetune_budgets=("12s",),
+        book_finetune="largest",
         description="tiny models: the whole default grid and the book build in ~15-20 min on 2 CPU cores",
     ),
     "mini": Preset(
@@ -230,8 +237,8 @@ def load_custom_presets(path: str | Path) -> dict[str, Preset]:
         try:
             nested = {key: replace(getattr(base, key), **entry.pop(key, {}))
                       for key in ("bert", "t5", "bert_recipe", "t5_recipe", "finetune")}
-            for key in ("budgets", "seeds", "book_finetune_budgets"):  # JSON lists -> a frozen preset's tuples
-                if entry.get(key) is not None:
+            for key in ("budgets", "seeds"):  # JSON lists -> the tuples a frozen preset holds
+                if key in entry:
                     entry[key] = tuple(entry[key])
             out[name] = replace(base, name=name, table_preset=base.rst_preset, **nested, **entry)
         except TypeError as exc:

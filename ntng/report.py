@@ -717,7 +717,7 @@ def reproduce_text(table: RunTable) -> str:
     preset, results = table.preset, table.results
     try:
         spec = get_preset(preset)
-        finetuned = " ".join(spec.book_finetune_budgets or spec.budgets)
+        finetuned = " ".join(spec.book_finetune_budgets())
     except UsageError:  # records of a preset this checkout does not define
         finetuned = "BUDGET ..."
     example = table.runs.iloc[0] if len(table.runs) else None

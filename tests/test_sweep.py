@@ -309,9 +309,13 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("NTNG_PRESETS_FILE", str(presets))
     presets.write_text(json.dumps([{"name": "seeded", "base": "smoke", "seeds": [3, 4], "ray_cpus": 2}]))
     assert get_preset("seeded").seeds == (3, 4) and get_preset("seeded").ray_cpus == 2
-    presets.write_text(json.dumps([{"name": "tuned", "base": "smoke", "book_finetune_budgets": ["3s", "6s"]}]))
-    assert get_preset("tuned").book_finetune_budgets == ("3s", "6s")
-    for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}, {"book_finetune_budgets": ["1h"]}):
+    assert PRESETS["smoke"].book_finetune_budgets() == ["12s"] and PRESETS["mini"].book_finetune_budgets() == ["90s", "3m", "6m"]
+    # the rule follows a custom preset's own budgets (a list of smoke's budgets would refuse these)
+    presets.write_text(json.dumps([{"name": "long", "base": "smoke", "budgets": ["1m", "2m", "4m"]},
+                                   {"name": "every", "base": "smoke", "book_finetune": "all"}]))
+    assert get_preset("long").book_finetune_budgets() == ["4m"]
+    assert get_preset("every").book_finetune_budgets() == ["3s", "6s", "12s"]
+    for bad in ({"seeds": [-1]}, {"seeds": []}, {"ray_cpus": 0}, {"ray_gpus": -1}, {"book_finetune": "some"}):
         presets.write_text(json.dumps([{"name": "bad", "base": "smoke", **bad}]))
         with pytest.raises(UsageError, match="bad"):
             get_preset("bad")
