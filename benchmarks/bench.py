@@ -34,7 +34,6 @@ from flops import bert_flops_per_sequence, flops_per_token, t5_flops_per_sequenc
 from ntng import data as data_mod
 from ntng.batches import BatchStream, make_collator
 from ntng.errors import UsageError
-from ntng.models import bert_config
 from ntng.presets import METHODS, get_preset, parse_budget
 from ntng.records import write_json
 from ntng.splits import select_split
@@ -144,6 +143,16 @@ def loop_throughput(model: str, preset: str, data_dir: Path, out_dir: Path, step
             "micro_batch": trainer.shape.micro_batch, "grad_accum": trainer.shape.grad_accum}
 
 
+def hf_bert_config(shape, vocab_size: int):
+    """Hugging Face's post-LN BERT at the preset's shape (the default path a user would start from), dropout off."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.num_layers,
+                      num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                      max_position_embeddings=shape.seq_len, type_vocab_size=1, attn_implementation="sdpa")
+
+
 def hf_default_throughput(preset: str, data_dir: Path, steps: int, warmup: int) -> dict:
     """The Hugging Face default path at the mini BERT's size and batch: `BertForMaskedLM` with labels at every
     position (-100 where not masked, so the full-vocabulary head runs on all tokens), fp32, torch AdamW, plain
@@ -158,7 +167,7 @@ def hf_default_throughput(preset: str, data_dir: Path, steps: int, warmup: int) 
     ids, windows = select_split(*data_mod.windows_array(packed["train"]), "full")
     stream = BatchStream(ids, windows, shape.micro_batch, make_collator("bert", preset_obj, vocab, seed=1), seed=0)
     torch.manual_seed(0)
-    model = BertForMaskedLM(bert_config(shape, vocab))
+    model = BertForMaskedLM(hf_bert_config(shape, vocab))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -180,7 +189,7 @@ def hf_default_throughput(preset: str, data_dir: Path, steps: int, warmup: int) 
         step()
         step_times.append(time.perf_counter() - start)
     tokens = steps * shape.batch * shape.seq_len
-    counts = bert_flops_per_sequence(shape, vocab, masked_per_sequence=shape.seq_len)  # the head on every token
+    counts = bert_flops_per_sequence(shape, vocab, masked_per_sequence=shape.seq_len, arch="hf")  # head on every token
     return {"tokens_per_s": tokens / sum(step_times), "step_s_median": statistics.median(step_times),
             "steps": steps, "flops_per_token": flops_per_token(counts), "flops_per_sequence": counts,
             "precision": "float32"}

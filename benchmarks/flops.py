@@ -5,11 +5,14 @@ operands), so a training pass costs 3x its forward matmuls: the familiar "6 x pa
 Embedding lookups, LayerNorms, activations, softmax and the optimizer are not counted (they are not matmuls), as in
 the usual MFU convention (Chowdhery et al. 2022, appendix B).
 
-BERT (sparse masked-LM head), per sequence of S tokens with k masked positions, L blocks, hidden h, FFN i, vocab V:
-    weights    = 6 x [ S x L x (4 h^2 + 2 h i)  +  k x (h^2 + h V) ]   (QKVO + FFN on every token; the head's
-                                                                          transform + tied decoder on masked ones)
-    attention  = 6 x   L x 2 S^2 h                                       (Q K^T and P V, all heads together)
-The HF default path runs the head on every position: k = S there.
+The crammed BERT (ntng.bert; sparse masked-LM head), per sequence of S tokens with k masked positions, L blocks,
+hidden h, FFN width i, vocab V:
+    weights    = 6 x [ S x L x (4 h^2 + 1.5 h i)  +  k x h V ]   (QKVO + the gated FFN, h -> i then i/2 -> h, on every
+                                                                  token; the tied decoder, no head transform, on
+                                                                  masked ones)
+    attention  = 6 x   L x 2 S^2 h                                (Q K^T and P V, all heads together)
+Hugging Face's BertForMaskedLM (arch="hf", the bench's default path): FFN h -> i -> h (2 h i) and a head transform
+(h^2) before the decoder, which runs on every position: k = S there.
 
 T5 v1.1 (gated-GELU FFN, untied head), per sequence of N encoder and T decoder tokens, L blocks in each stack,
 d_model d, attention width a = heads x d_kv, FFN f:
@@ -25,10 +28,16 @@ input), so FLOPs/token x tokens/s is the FLOP rate.
 from __future__ import annotations
 
 
-def bert_flops_per_sequence(shape, vocab_size: int, masked_per_sequence: int, layers: int | None = None) -> dict:
+def bert_flops_per_sequence(shape, vocab_size: int, masked_per_sequence: int, layers: int | None = None,
+                            arch: str = "crammed") -> dict:
     s, h, i, k = shape.seq_len, shape.hidden, shape.intermediate, masked_per_sequence
     depth = shape.num_layers if layers is None else layers
-    weights = 6 * (s * depth * (4 * h * h + 2 * h * i) + k * (h * h + h * vocab_size))
+    if arch == "crammed":
+        weights = 6 * (s * depth * (4 * h * h + 3 * h * i // 2) + k * h * vocab_size)
+    elif arch == "hf":
+        weights = 6 * (s * depth * (4 * h * h + 2 * h * i) + k * (h * h + h * vocab_size))
+    else:
+        raise ValueError(f"unknown BERT architecture {arch!r} (crammed | hf)")
     attention = 6 * depth * 2 * s * s * h
     return {"weights": weights, "attention": attention, "total": weights + attention, "tokens": s}
 

@@ -159,7 +159,7 @@ def inspect_run(run_dir: str | Path, data_dir: str | Path | None = None) -> RunI
                    corpus=data_info.get("corpus", "offline"), vocab_size=int(data_info["vocab_size"]))
 
 
-_DEPTH_KEY = {"bert": re.compile(r"^hf\.bert\.encoder\.layer\.(\d+)\."), "t5": re.compile(r"^hf\.encoder\.block\.(\d+)\.")}
+_DEPTH_KEY = {"bert": re.compile(r"^layers\.(\d+)\."), "t5": re.compile(r"^hf\.encoder\.block\.(\d+)\.")}
 
 
 def checkpoint_depth(state: dict, model: str) -> int:
@@ -266,26 +266,22 @@ def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torc
 # --- models -----------------------------------------------------------------------------------------------
 
 class BertClassifier(nn.Module):
-    """A pre-trained (or fresh) BertMLM's encoder with a pooled head on [CLS]: dense + tanh, dropout, linear."""
+    """A pre-trained (or fresh) crammed BERT's encoder (final LayerNorm included) with a pooled head on [CLS]:
+    dense + tanh, dropout, linear."""
 
     def __init__(self, mlm, num_outputs: int, dropout: float):
         super().__init__()
-        self.bert = mlm.hf.bert  # embeddings + encoder; the MLM head is not needed downstream
-        hidden, std = self.bert.config.hidden_size, self.bert.config.initializer_range
+        self.bert = mlm  # embeddings + blocks + final norm; the tied vocabulary projection is not used downstream
+        hidden, std = mlm.config.hidden, mlm.config.init_std
         self.pooler = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_outputs)
-        for layer in (self.pooler, self.out):  # BERT's own initialisation for new layers
+        for layer in (self.pooler, self.out):  # the encoder's own initialisation for new layers
             nn.init.normal_(layer.weight, std=std)
             nn.init.zeros_(layer.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_bidirectional_mask
-
-        hidden = self.bert.embeddings(input_ids=input_ids)
-        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        for layer in self.bert.encoder.layer:
-            hidden = layer(hidden, mask)
+        hidden = self.bert.encode(input_ids, attention_mask)
         return self.out(self.dropout(torch.tanh(self.pooler(hidden[:, 0]))))
 
 

@@ -15,7 +15,8 @@ from torch import nn
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and embeddings decay; biases and LayerNorm weights do not (the BERT recipe)."""
+    """Two groups: matrices and embeddings decay; biases, LayerNorm weights and other 1-d gains (the crammed BERT's
+    position scale) do not (the BERT recipe)."""
     decay, no_decay = [], []
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -24,7 +25,7 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             seen.add(id(param))
             is_norm = "norm" in type(module).__name__.lower() or "layernorm" in module_name.lower()
-            (no_decay if name == "bias" or is_norm else decay).append(param)
+            (no_decay if name == "bias" or is_norm or param.ndim < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

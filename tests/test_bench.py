@@ -56,9 +56,15 @@ def test_attention_flops_by_hand():
     # BERT: one block, S = 4 tokens, h = 2: Q K^T and P V are each 2 S^2 h = 64 forward FLOPs, x3 for training
     shape = get_preset("smoke").bert.__class__(num_layers=1, hidden=2, heads=1, intermediate=4, seq_len=4)
     assert flops.bert_flops_per_sequence(shape, 10, 1)["attention"] == 3 * 2 * (2 * 4 * 4 * 2)
-    # the full head (k = S) costs S / k times the sparse one
+    # the full head (k = S) costs S / k times the sparse one: the crammed BERT's is the tied decoder alone (h V),
+    # HF's a transform (h^2) and the decoder
     sparse, full = (flops.bert_flops_per_sequence(shape, 10, k) for k in (1, 4))
+    assert full["weights"] - sparse["weights"] == 6 * 3 * (2 * 10)
+    sparse, full = (flops.bert_flops_per_sequence(shape, 10, k, arch="hf") for k in (1, 4))
     assert full["weights"] - sparse["weights"] == 6 * 3 * (2 * 2 + 2 * 10)
+    # per block and token: crammed QKVO 4 h^2 + gated FFN h i + (i / 2) h; HF 4 h^2 + 2 h i
+    one = {arch: flops.bert_flops_per_sequence(shape, 10, 0, arch=arch)["weights"] for arch in ("crammed", "hf")}
+    assert one == {"crammed": 6 * 4 * (4 * 4 + 2 * 4 + 4), "hf": 6 * 4 * (4 * 4 + 2 * 2 * 4)}
 
 
 def test_op_categories():

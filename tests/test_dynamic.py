@@ -103,9 +103,8 @@ def test_grown_model_equals_the_explicit_abab_model():
     explicit = build_model("bert", SMOKE, vocab_size=512, num_layers=4)
     state = net.state_dict()
     for k, v in list(state.items()):
-        if ".layer.0." in k or ".layer.1." in k:
-            for offset in (2,):
-                state[k.replace(".layer.0.", f".layer.{0 + offset}.").replace(".layer.1.", f".layer.{1 + offset}.")] = v
+        if k.startswith(("layers.0.", "layers.1.")):
+            state[k.replace("layers.0.", "layers.2.").replace("layers.1.", "layers.3.")] = v
     explicit.load_state_dict(state)
     net.stack_layers()
     assert torch.allclose(net(batch)["loss"], explicit(batch)["loss"], atol=1e-6)
@@ -190,10 +189,19 @@ def test_dropping_run_is_cheaper_per_step_and_ends_near_the_expected_depth(built
     assert summary["status"] == "complete" and summary["steps"] > base["steps"]
     L = get_preset("tiny").shape(model).num_layers
     assert stats["expected_depth_end"] == pytest.approx(expected_depth(0.5, L))
-    assert stats["mean_depth_last_fifth"] == pytest.approx(stats["expected_depth_end"], abs=0.45)
-    assert stats["block_run_fraction"][0] > stats["block_run_fraction"][-1]
+    # the mean depth over the last fifth's draws, within 3 standard errors of its expectation: each block is an
+    # independent coin with P(skip) = (1 - theta) i / L, so a draw's variance is sum p (1 - p)
     depths = [float(r["active_layers"]) for r in rows(tmp_path / "drop")]
-    assert depths[0] == L and min(depths) < L
+    started = [0.0] + [float(r["rst_s"]) for r in rows(tmp_path / "drop")[:-1]]
+    draws_per_step = 1 if model == "t5" else get_preset("tiny").shape(model).grad_accum
+    late_draws = draws_per_step * sum(t >= 0.8 * 6.0 for t in started)
+    skip = [0.5 * i / L for i in range(1, L + 1)]
+    standard_error = (sum(p * (1 - p) for p in skip) / late_draws) ** 0.5
+    assert stats["mean_depth_last_fifth"] == pytest.approx(stats["expected_depth_end"], abs=3 * standard_error)
+    assert stats["block_run_fraction"][0] > stats["block_run_fraction"][-1]
+    # the first draw is at t = 0, where theta = 1: T5's first step (one draw a step) and BERT's first micro-batch
+    # (one draw each; the step's mean is over its 2 micro-batches) run every block
+    assert (depths[0] >= (L + 1) / 2 if model == "bert" else depths[0] == L) and min(depths) < L
     # RST is charged at the depth that ran: the train part equals the per-depth table summed over micro-batches
     assert summary["rst_breakdown"]["train"] < base["rst_breakdown"]["train"] * summary["micro_steps"] / base[
         "micro_steps"]
@@ -212,5 +220,5 @@ def test_idle_blocks_are_left_out_of_the_update():
     method.before_update(run)
     optimizer.step()
     for name, p in net.named_parameters():
-        idle = ".layer.2." in name or ".layer.3." in name
+        idle = name.startswith(("layers.2.", "layers.3."))
         assert torch.equal(p, before[name]) == idle, name

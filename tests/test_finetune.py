@@ -93,7 +93,8 @@ def test_the_checkpoint_is_loaded_at_the_depth_it_ended_with(runs):
 
 
 def test_t5_rank_scores_are_sequence_log_likelihoods(runs):
-    """Against Hugging Face's own loss: the summed log-likelihood of a target is -(mean token loss) x length."""
+    """Against the pre-training forward's loss (itself checked against Hugging Face's in test_models): the summed
+    log-likelihood of a target is -(mean token loss) x length."""
     model = downstream.load_pretrained(downstream.inspect_run(runs[0] / "t5")).eval()
     torch.manual_seed(0)
     inputs = torch.randint(3, 300, (2, 9))
@@ -102,8 +103,8 @@ def test_t5_rank_scores_are_sequence_log_likelihoods(runs):
         ours = downstream.t5_target_logprobs(model, model.encode(inputs, list(range(model.num_layers))), None,
                                              target, torch.ones_like(target))
         for row in range(2):
-            hf_loss = model.hf(input_ids=inputs[row:row + 1], labels=target[row:row + 1]).loss
-            assert ours[row].item() == pytest.approx(-hf_loss.item() * 4, rel=1e-4)
+            loss = model({"input_ids": inputs[row:row + 1], "labels": target[row:row + 1]})["loss"]
+            assert ours[row].item() == pytest.approx(-loss.item() * 4, rel=1e-4)
 
 
 def test_t5_predicts_the_label_with_the_highest_log_likelihood(runs):

@@ -52,39 +52,131 @@ def stacks(model):
     return [model.blocks()] if isinstance(model, BertMLM) else list(model.blocks())
 
 
-# ----------------------------------------------------------------------------------------- agreement with HF
+# ------------------------------------------------------------------------------- the crammed BERT, by hand
 
 
-def test_bert_loss_equals_hf_dense_loss():
+def reference_crammed_bert(model, batch):
+    """The crammed BERT's forward written out with plain tensor ops from the official bert-c5 config: scaled
+    sinusoid + LayerNorm embeddings, pre-LN blocks (softmax attention by hand, GELU-gated FFN), final LayerNorm,
+    tied decoder on the masked positions. Returns the masked-position logits."""
+    F = torch.nn.functional
+    state = model.state_dict()
+    ids = batch["input_ids"]
+    hidden_size, heads = model.config.hidden, model.config.heads
+    length = ids.shape[1]
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    table = torch.zeros(length, hidden_size)
+    for i in range(0, hidden_size, 2):
+        angle = position[:, 0] / 10000 ** (i / hidden_size)
+        table[:, i], table[:, i + 1] = torch.sin(angle), torch.cos(angle)
+
+    def norm(x, prefix):
+        return F.layer_norm(x, (hidden_size,), state[f"{prefix}.weight"], state[f"{prefix}.bias"], eps=1e-12)
+
+    x = state["embeddings.word.weight"][ids] + state["embeddings.position_scale"] * table
+    x = norm(x, "embeddings.norm")
+    for index in range(model.num_layers):
+        block = f"layers.{index}"
+        h = norm(x, f"{block}.norm1")
+        q, k, v = (h @ state[f"{block}.attn.qkv.weight"].T).chunk(3, dim=-1)
+        split = lambda t: t.view(*t.shape[:2], heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / (hidden_size // heads) ** 0.5, dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(x.shape)
+        x = x + attended @ state[f"{block}.attn.out.weight"].T
+        h = norm(x, f"{block}.norm2") @ state[f"{block}.ffn.dense_in.weight"].T
+        value, gate = h.chunk(2, dim=-1)
+        x = x + (F.gelu(gate) * value) @ state[f"{block}.ffn.dense_out.weight"].T
+    x = norm(x, "final_norm")
+    masked = x.gather(1, batch["mlm_positions"][..., None].expand(-1, -1, hidden_size))
+    return masked @ state["embeddings.word.weight"].T
+
+
+def test_crammed_bert_equals_its_forward_written_by_hand():
     model, batch = make_model("bert"), bert_batch()
-    ours = model(batch)
-    dense_labels = torch.full_like(batch["input_ids"], -100)
-    dense_labels.scatter_(1, batch["mlm_positions"], batch["mlm_labels"])
-    reference = model.hf(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=dense_labels
-    )
-    assert abs(ours["loss"].item() - reference.loss.item()) < 1e-5
+    with torch.no_grad():
+        for parameter in model.parameters():  # move LayerNorms and the position scale off their init values
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        ours = model(batch)
+        logits = reference_crammed_bert(model, batch)
+    assert torch.allclose(ours["logits"], logits, atol=1e-4)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), batch["mlm_labels"].reshape(-1))
+    assert abs(ours["loss"].item() - expected.item()) < 1e-5
     assert ours["per_example_loss"].shape == (3,)
-    assert torch.allclose(ours["per_example_loss"].mean(), ours["loss"])
-    # the head ran on the masked positions only
-    assert ours["logits"].shape == (*batch["mlm_positions"].shape, VOCAB)
+    assert ours["logits"].shape == (*batch["mlm_positions"].shape, VOCAB)  # the head ran on masked positions only
 
 
-def test_t5_loss_equals_hf_loss():
+def test_crammed_bert_is_the_papers_architecture():
+    """bert-c5.yaml, by hand: 16 x 768, 12 heads, intermediate 3072 (gated halves of 1536), vocabulary 32768."""
+    torch.manual_seed(0)
+    paper = build_model("bert", PRESETS["paper"])
+    V, H, FFN, L = 32768, 768, 3072, 16
+    per_block = 3 * H * H + H * H + H * FFN + (FFN // 2) * H + 4 * H  # qkv, out, dense_in, dense_out, two LayerNorms
+    assert count_parameters(paper) == V * H + 1 + 2 * H + L * per_block + 2 * H == 119_589_889
+    assert paper.config.heads == 12 and paper.num_layers == 16
+    linears = [m for m in paper.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.bias is None for m in linears)  # use_bias: False, qkv_bias: False
+    norms = [m for m in paper.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 1 + 2 * L + 1 and all(m.eps == 1e-12 for m in norms)  # embeddings, 2 per block, final
+    assert paper.decoder_weight() is paper.embeddings.word.weight  # tied, no decoder bias
+    assert abs(paper.embeddings.position_scale.item() - 1 / math.sqrt(768)) < 1e-7
+    weights = torch.cat([m.weight.flatten() for m in linears] + [paper.embeddings.word.weight[1:].flatten()])
+    assert abs(weights.std().item() - 0.02) < 2e-4 and abs(weights.mean().item()) < 1e-4  # normal(0, 0.02)
+
+
+def test_crammed_bert_blocks_are_pre_layernorm():
+    # pre-LN: with its two output projections zeroed a block is the identity (the residual stream is never
+    # normalised inside a block); a post-LN block would still normalise its output
+    model = make_model("bert")
+    block = model.blocks()[0]
+    with torch.no_grad():
+        block.attn.out.weight.zero_()
+        block.ffn.dense_out.weight.zero_()
+        x = 3.0 * torch.randn(2, 8, SMOKE.bert.hidden) + 1.0
+        assert torch.equal(block(x), x)
+
+
+def test_crammed_bert_padding_is_not_attended():
+    model = make_model("bert")
+    ids = torch.randint(5, VOCAB, (2, 10))
+    with torch.no_grad():
+        short = model.encode(ids[:, :6])
+        padded = model.encode(ids, torch.tensor([[1] * 6 + [0] * 4] * 2))
+    assert torch.allclose(short, padded[:, :6], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- T5 against HF
+
+
+def test_t5_loss_equals_hf_loss_when_the_blocks_share_one_position_table():
     model, batch = make_model("t5"), t5_batch()
-    ours = model(batch)
-    reference = model.hf(input_ids=batch["input_ids"], labels=batch["labels"])
+    with torch.no_grad():
+        mine = model(batch)
+        for stack in model.blocks():  # HF's own forward uses block 0's table in every block
+            for block in stack[1:]:
+                block.layer[0].SelfAttention.relative_attention_bias.weight.copy_(
+                    stack[0].layer[0].SelfAttention.relative_attention_bias.weight)
+        ours = model(batch)
+        reference = model.hf(input_ids=batch["input_ids"], labels=batch["labels"])
     assert abs(ours["loss"].item() - reference.loss.item()) < 1e-5
     assert torch.allclose(ours["logits"], reference.logits, atol=1e-5)
+    assert not torch.allclose(mine["logits"], ours["logits"])  # with their own tables, the blocks differ
     assert ours["per_example_loss"].shape == (3,)
     assert torch.allclose(ours["per_example_loss"].mean(), ours["loss"])
+
+
+def test_t5_has_a_position_table_per_block_and_a_std_one_lm_head():
+    """nanoT5 `share_positional_bias: False`; nanoT5 / HF init the untied lm_head at std 1.0."""
+    torch.manual_seed(0)
+    t5 = build_model("t5", PRESETS["paper"])
+    tables = [b.layer[0].SelfAttention.relative_attention_bias.weight for s in t5.blocks() for b in s]
+    assert len(tables) == 24 and len({t.data_ptr() for t in tables}) == 24
+    assert abs(t5.hf.lm_head.weight.std().item() - 1.0) < 0.01
 
 
 def test_configs_follow_the_paper_setup():
     bert, t5 = make_model("bert"), make_model("t5")
-    assert bert.config.hidden_dropout_prob == bert.config.attention_probs_dropout_prob == 0.0
-    assert bert.config.max_position_embeddings == SMOKE.bert.seq_len
-    assert bert.hf.cls.predictions.decoder.weight is bert.hf.bert.embeddings.word_embeddings.weight
+    assert bert.config.max_seq_len == SMOKE.bert.seq_len
     assert t5.config.dropout_rate == 0.0 and t5.config.is_gated_act and not t5.config.scale_decoder_outputs
     assert (t5.config.pad_token_id, t5.config.eos_token_id) == (T5_PAD, T5_EOS)
     assert t5.config.decoder_start_token_id == T5_DECODER_START
@@ -92,14 +184,15 @@ def test_configs_follow_the_paper_setup():
     assert t5.hf.encoder.embed_tokens.weight is t5.hf.shared.weight is t5.hf.decoder.embed_tokens.weight
     assert t5.hf.lm_head.weight is not t5.hf.shared.weight
     assert t5.hf.lm_head.weight.data_ptr() != t5.hf.shared.weight.data_ptr()
+    assert t5.config._attn_implementation == "sdpa"
     for model in (bert, t5):
-        assert model.config._attn_implementation == "sdpa"
         assert model.num_layers == DEPTH
         description = model_config_dict(model)
         json.dumps(description)
         assert description["num_layers"] == DEPTH
         assert description["num_parameters"] == count_parameters(model) > 0
     assert model_config_dict(t5)["hf_config"]["tie_word_embeddings"] is False
+    assert model_config_dict(bert)["architecture"]["architecture"] == "crammed-bert"
 
 
 def test_build_model_rejects_bad_settings():
@@ -148,46 +241,34 @@ def test_subset_runs_only_those_blocks_and_changes_output(name):
     assert torch.equal(full["logits"], explicit["logits"])
 
 
-def hf_model_of_blocks(model_name, model, kept):
-    """A plain HF model holding only blocks `kept` of `model` (block 0's T5 position table carried over)."""
+def model_of_blocks(model_name, model, kept):
+    """A model holding only blocks `kept` of `model` (each with its own weights, T5 position tables included)."""
     small = make_model(model_name, num_layers=len(kept), seed=321)
     state = model.state_dict()
     mapped = {}
     for key in small.state_dict():
         source = key
-        for prefix in ("encoder.layer.", "encoder.block.", "decoder.block."):
-            if prefix in key:
-                head, tail = key.split(prefix)
+        for prefix in BLOCK_PREFIXES:
+            if key.startswith(prefix) or f".{prefix}" in key:
+                head, tail = key.split(prefix, 1)
                 index, rest = tail.split(".", 1)
-                source_index = 0 if is_shared_position_table(rest) else kept[int(index)]
-                source = f"{head}{prefix}{source_index}.{rest}"
+                source = f"{head}{prefix}{kept[int(index)]}.{rest}"
         mapped[key] = state[source]
     small.load_state_dict(mapped, strict=True)
     return small
 
 
+BLOCK_PREFIXES = ("layers.", "encoder.block.", "decoder.block.")
+
+
 @pytest.mark.parametrize("name", ["bert", "t5"])
 def test_skipping_block_zero_equals_a_model_without_it(name):
-    # With block 0 skipped, T5 must still use block 0's relative position bias in the blocks that run.
     model, batch = make_model(name), BATCHES[name]()
     kept = [1, 3]
-    reference = hf_model_of_blocks(name, model, kept)
+    reference = model_of_blocks(name, model, kept)
     with torch.no_grad():
-        ours = model(batch, active_layers=kept)
-        if name == "bert":
-            dense = torch.full_like(batch["input_ids"], -100).scatter_(
-                1, batch["mlm_positions"], batch["mlm_labels"]
-            )
-            theirs = reference.hf(input_ids=batch["input_ids"], labels=dense).loss
-        else:
-            theirs = reference.hf(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-    assert abs(ours["loss"].item() - theirs.item()) < 1e-5
-
-
-def is_shared_position_table(name):
-    # T5's relative position bias lives in block 0 and is used by every block that runs, so it gets a gradient
-    # even when block 0 itself is skipped.
-    return "relative_attention_bias" in name
+        ours, theirs = model(batch, active_layers=kept), reference(batch)
+    assert abs(ours["loss"].item() - theirs["loss"].item()) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["bert", "t5"])
@@ -209,9 +290,9 @@ def test_backward_with_every_number_of_active_layers(name):
                             index,
                             param_name,
                         )
-                    elif not is_shared_position_table(param_name):
+                    else:  # a skipped block, its own T5 position table included, gets no gradient
                         assert param.grad is None, (active, index, param_name)
-        embeddings = model.hf.get_input_embeddings().weight
+        embeddings = model.embeddings.word.weight if name == "bert" else model.hf.get_input_embeddings().weight
         assert embeddings.grad is not None and torch.isfinite(embeddings.grad).all()
 
 
@@ -253,9 +334,9 @@ def explicit_repeat(model_name, small, depth):
     state = {}
     for key in big.state_dict():
         source = key
-        for prefix in ("encoder.layer.", "encoder.block.", "decoder.block."):
-            if prefix in key:
-                head, tail = key.split(prefix)
+        for prefix in BLOCK_PREFIXES:
+            if key.startswith(prefix) or f".{prefix}" in key:
+                head, tail = key.split(prefix, 1)
                 index, rest = tail.split(".", 1)
                 source = f"{head}{prefix}{int(index) % small_depth}.{rest}"
         state[key] = small_state[source].clone()
@@ -283,14 +364,14 @@ def test_stacking_equals_explicitly_repeated_blocks(name):
         assert count_parameters(model) == before + sum(p.numel() for p in new_parameters)
         known |= {id(p) for p in new_parameters}
     config = model.config
-    assert (config.num_hidden_layers if name == "bert" else config.num_layers) == DEPTH
+    assert config.num_layers == DEPTH
     if name == "t5":
         assert config.num_decoder_layers == DEPTH
         assert model.hf.encoder.config.num_layers == model.hf.decoder.config.num_layers == DEPTH
 
-    # weights copied exactly, storage not shared, and no copy carries its own T5 position table
+    # weights copied exactly (T5 position tables too), storage not shared
     for stack in stacks(model):
-        reference = {n: p for n, p in stack[0].named_parameters() if not is_shared_position_table(n)}
+        reference = dict(stack[0].named_parameters())
         for block in stack[1:]:
             copied = dict(block.named_parameters())
             assert copied.keys() == reference.keys()

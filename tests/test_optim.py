@@ -182,12 +182,13 @@ def _named(model):
 
 
 def _expected_no_decay(model) -> set[int]:
-    """Independent statement: a bias, or any parameter of a layer-norm module (LayerNorm, T5LayerNorm)."""
+    """Independent statement: a bias, any parameter of a layer-norm module (LayerNorm, T5LayerNorm), or a scalar
+    gain (the crammed BERT's position scale)."""
     out = set()
     for module in model.modules():
         is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__ in ("T5LayerNorm", "LayerNorm")
         for name, p in module.named_parameters(recurse=False):
-            if name == "bias" or is_norm:
+            if name == "bias" or is_norm or name == "position_scale":
                 out.add(id(p))
     return out
 
@@ -211,7 +212,7 @@ def test_biases_and_norms_do_not_decay_matrices_and_embeddings_do(model):
     assert all(p.ndim == 1 for p in no_decay["params"])
     assert all(p.ndim >= 2 for p in decay["params"])
     for name in no_decay_names:
-        assert name.endswith("bias") or "norm" in name.lower(), name
+        assert name.endswith(("bias", "position_scale")) or "norm" in name.lower(), name
     for name in decay_names:
         assert name.endswith("weight") and not name.endswith("bias"), name
     norms = [m for m in model.modules() if "norm" in type(m).__name__.lower()]
@@ -232,19 +233,15 @@ def test_bert_groups_by_name():
     names = _named(bert)
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    assert "hf.bert.embeddings.word_embeddings.weight" in decay_names
-    assert "hf.bert.embeddings.position_embeddings.weight" in decay_names
-    assert "hf.bert.encoder.layer.0.attention.self.query.weight" in decay_names
-    assert "hf.bert.encoder.layer.3.output.dense.weight" in decay_names
-    assert "hf.bert.embeddings.LayerNorm.weight" in no_decay_names
-    assert "hf.bert.embeddings.LayerNorm.bias" in no_decay_names
-    assert "hf.bert.encoder.layer.2.attention.output.LayerNorm.weight" in no_decay_names
-    assert "hf.bert.encoder.layer.2.intermediate.dense.bias" in no_decay_names
-    # 4 layers: 2 LayerNorms and 6 Linear layers each, plus the embedding and head LayerNorms, head dense bias,
-    # and the output bias (tied decoder bias counted once)
-    layer_norm_weights = [n for n in no_decay_names if n.endswith("LayerNorm.weight")]
-    assert len(layer_norm_weights) == 2 * 4 + 2
-    assert len(no_decay_names) == 2 * (2 * 4 + 2) + 6 * 4 + 1 + 1
+    assert "embeddings.word.weight" in decay_names
+    assert "embeddings.position_scale" in no_decay_names  # the scaled sinusoid's one learned gain
+    assert "layers.0.attn.qkv.weight" in decay_names
+    assert "layers.3.ffn.dense_out.weight" in decay_names
+    assert "embeddings.norm.weight" in no_decay_names and "embeddings.norm.bias" in no_decay_names
+    assert "layers.2.norm1.weight" in no_decay_names and "final_norm.bias" in no_decay_names
+    # the crammed BERT has no biases outside its LayerNorms: 4 blocks x 2 LayerNorms, the embeddings' and the
+    # final one, each a weight and a bias; and the position scale
+    assert len(no_decay_names) == 2 * (2 * 4 + 2) + 1
 
 
 def test_t5_layer_norms_have_no_bias_and_do_not_decay():
@@ -271,9 +268,9 @@ def test_t5_layer_norms_have_no_bias_and_do_not_decay():
 def test_frozen_parameters_are_left_out():
     torch.manual_seed(0)
     bert = build_model("bert", SMOKE, vocab_size=512)
-    frozen = bert.hf.bert.embeddings.position_embeddings.weight
+    frozen = bert.embeddings.word.weight
     frozen.requires_grad_(False)
-    frozen_norm = bert.hf.bert.embeddings.LayerNorm.bias
+    frozen_norm = bert.embeddings.norm.bias
     frozen_norm.requires_grad_(False)
     ids = {id(p) for g in decay_groups(bert, 0.01) for p in g["params"]}
     assert id(frozen) not in ids and id(frozen_norm) not in ids
