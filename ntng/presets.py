@@ -65,25 +65,30 @@ class Recipe:
     eval_sequences: int  # fixed validation windows evaluated at every eval point (evaluation costs no RST)
     eval_points: int = 10  # evaluations at k/eval_points of the budget, k = 1..eval_points, plus one at the start
     checkpoint_every: float = 0.1  # budget fraction between checkpoints: a kill loses at most this share
-    # --- the efficient optimizers (methods `lion`, `sophia`; REFERENCE.md, the paper's code). Peaks: the recipe's
-    # schedule multiplies them as it does `lr`. Defaults are BERT's; the T5 recipe sets its own below.
-    lion_lr: float = 1e-4  # Lion wants a ~10x smaller lr than AdamW and a larger weight decay
-    lion_weight_decay: float = 0.1
-    sophia_lr: float = 1e-3
-    sophia_weight_decay: float = 0.01
-    sophia_rho: float = 0.04
+    # --- the methods' own values (Kaddour et al. 2023, Appendix C; REFERENCE.md). Peaks: the recipe's schedule
+    # multiplies them as it does `lr`. Defaults are BERT's; the T5 recipe sets its own below.
+    lion_lr: float = 7e-4  # C.5, BERT (the official code's default 1e-4 is not what the paper used)
+    lion_weight_decay: float = 0.1  # C.5, BERT
+    sophia_lr: float = 4e-4  # C.6, BERT
+    sophia_weight_decay: float = 0.015  # C.6, BERT
+    sophia_rho: float = 0.01  # C.6, BERT and T5
+    sophia_bs: int | None = None  # C.6: Sophia's `bs`; None = tokens per batch (BERT: 1536 x 128 = 196,608)
     hessian_interval: int = 10  # Sophia: optimizer steps between Hessian estimates (k)
     hessian_batch_fraction: float = 0.5  # of a batch's micro-batches spent per estimate (BERT code: 768 of 1536)
     rms_scale: bool = False  # Lion/Sophia steps x max(1e-3, RMS(p)), as the paper's T5 code does (AdamWScale-like)
+    layer_dropping_lr: float | None = None  # C.2: layer dropping's own peak; None = `lr` (BERT)
 
 
 BERT_PAPER_RECIPE = Recipe(optimizer="adamw", lr=1e-3, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01,
                            grad_clip=0.5, schedule="one_cycle", eval_sequences=2048)
 T5_PAPER_RECIPE = Recipe(optimizer="adamw_scale", lr=2e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
                          grad_clip=1.0, schedule="cosine_budget", eval_sequences=1152,
-                         # the T5 code: no weight decay, a whole batch per Hessian estimate, RMS-scaled steps
+                         # C.5 / C.6 and the T5 code: no weight decay, a whole batch per Hessian estimate,
+                         # RMS-scaled steps; Sophia's bs is 5120 always (the T5 code calls step() without bs, so
+                         # the optimizer's default applies); layer dropping at 1e-2, not 2e-2 (C.2: more stable)
                          lion_lr=7.5e-4, lion_weight_decay=0.0, sophia_lr=1e-3, sophia_weight_decay=0.0,
-                         sophia_rho=0.01, hessian_batch_fraction=1.0, rms_scale=True)
+                         sophia_rho=0.01, sophia_bs=5120, hessian_batch_fraction=1.0, rms_scale=True,
+                         layer_dropping_lr=1e-2)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,9 @@ class Method:
     # its irreducible-loss model did not see). See `ntng.splits`.
     data_split = "full"
     requires_data_split = False  # True: the method cannot train on any other split
+    # the kinds of extra work (ntng.rst.KINDS) the method's hooks charge beyond training: "scoring" (forward-only
+    # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.variants).
+    extra_work: tuple[str, ...] = ()
 
     def __init__(self, model: str, preset: Preset, **options):
         if options:

@@ -10,7 +10,8 @@ encoder and decoder. If every block would be skipped, all run. All blocks run at
 rescaled. Each micro-batch is charged at the depth it ran, so skipped blocks buy more steps; a block idle for a
 whole step is left out of that optimizer update.
 **Where from.** Zhang & He 2020 (progressive layer dropping), as re-implemented in Kaddour et al. 2023.
-**Hyper-parameters.** theta_bar 0.5; gamma_factor 100 (BERT), 20 (T5).
+**Hyper-parameters.** theta_bar 0.5; gamma_factor 100 (BERT), 20 (T5); T5 trains at its own peak lr 1e-2, not the
+baseline's 2e-2 (Appendix C.2: more stable); BERT at the baseline's 1e-3.
 **Survey category** (Blalock et al.): component = model (function); action = remove (skip blocks).
 """
 
@@ -21,6 +22,7 @@ import math
 import torch
 
 from ..errors import UsageError
+from ..optim import build_optimizer
 from ..presets import Preset
 from .base import Method, Run
 
@@ -58,8 +60,13 @@ class LayerDropping(Method):
     name = "layer_dropping"
     card = __doc__.split("Method card\n-----------\n", 1)[1]
 
-    def __init__(self, model: str, preset: Preset, theta_bar: float = THETA_BAR, gamma_factor: float | None = None):
+    def __init__(self, model: str, preset: Preset, theta_bar: float = THETA_BAR, gamma_factor: float | None = None,
+                 lr: float | None = None):
         super().__init__(model, preset)
+        own_lr = self.recipe.layer_dropping_lr
+        self.lr = float(lr if lr is not None else own_lr if own_lr is not None else self.recipe.lr)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"layer_dropping: lr must be a positive number, got {lr}")
         self.num_layers = preset.shape(model).num_layers
         self.theta_bar = float(theta_bar)
         self.gamma_factor = float(GAMMA_FACTOR[model] if gamma_factor is None else gamma_factor)
@@ -77,8 +84,12 @@ class LayerDropping(Method):
         self.late_draws = 0
 
     def settings(self) -> dict:
-        return {"theta_bar": self.theta_bar, "gamma_factor": self.gamma_factor,
+        return {"theta_bar": self.theta_bar, "gamma_factor": self.gamma_factor, "lr": self.lr,
                 "resample": "every optimizer step" if self.per_step else "every micro-batch"}
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        r = self.recipe
+        return build_optimizer(r.optimizer, model, self.lr, r.betas, r.eps, r.weight_decay)
 
     def bind(self, run: Run) -> None:
         self.generator.manual_seed(run.batches.seed * 1_000_003 + 7)  # its own stream: data order stays put

@@ -47,6 +47,7 @@ def default_history(micro_batch: int) -> int:
 
 
 class SelectiveBackprop(Method):
+    extra_work = ("scoring",)
     name = "selective_backprop"
     card = (
         "Selective backprop (Jiang et al. 2019): score each candidate micro-batch with a no-grad forward pass, keep "

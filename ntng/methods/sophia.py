@@ -33,10 +33,17 @@ CLIP_HESSIAN_GRADIENT = {"bert": False, "t5": True}  # the T5 loop clips the sam
 
 
 def tokens_per_batch(model: str, preset) -> int:
-    """Sophia's bs: sequences per optimizer step x tokens per sequence (BERT's window, T5's encoder input);
-    the paper's BERT setting is 1536 x 128 = 196608."""
+    """Sequences per optimizer step x tokens per sequence (BERT's window, T5's encoder input); the paper's BERT
+    setting is 1536 x 128 = 196608."""
     shape = preset.shape(model)
     return shape.batch * (shape.seq_len if model == "bert" else shape.input_len)
+
+
+def sophia_bs(model: str, preset) -> int:
+    """Sophia's `bs`: the recipe's fixed value where it has one (T5: 5120, the optimizer's default, as the paper's
+    T5 code never passes bs), else the tokens per batch (BERT)."""
+    fixed = preset.recipe(model).sophia_bs
+    return int(fixed) if fixed is not None else tokens_per_batch(model, preset)
 
 
 def hessian_due(steps_done: int, interval: int, at_start: bool) -> bool:
@@ -71,6 +78,7 @@ def hessian_pass(run: Run, micro_batches: int, grad_clip: float, amp_dtype: torc
 
 
 class Sophia(Method):
+    extra_work = ("hessian",)
     name = "sophia"
     card = (
         "**Sophia-G** (Liu et al. 2023, *Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
@@ -79,8 +87,9 @@ class Sophia(Method):
         "0.965/0.99, bs the tokens per batch. Every 10 steps it spends extra micro-batches estimating the diagonal "
         "Hessian h (Gauss-Newton-Bartlett: backprop cross-entropy on labels sampled from the model's own softmax, "
         "h <- b2 h + (1 - b2) g*g), charged at forward+backward cost (free with --free-hessian). Hyper-parameters "
-        "as in the paper's code: BERT lr 1e-3, weight decay 0.01 (none on biases and LayerNorm), rho 0.04, half a "
-        "batch per estimate; T5 lr 1e-3, rho 0.01, no weight decay, a whole batch per estimate and the step scaled "
+        "as the paper tuned them (Appendix C.6): BERT lr 4e-4, weight decay 0.015 (none on biases and LayerNorm), "
+        "rho 0.01, bs = tokens per batch, half a batch per estimate; T5 lr 1e-3, rho 0.01, bs 5120 (the T5 code's "
+        "default), no weight decay, a whole batch per estimate and the step scaled "
         "by max(1e-3, RMS(param)) like AdamWScale. The baseline's schedule, clipping and batch. Survey category: "
         "component *optimization* x action *replace*."
     )
@@ -101,7 +110,7 @@ class Sophia(Method):
             raise UsageError(f"method sophia: hessian_interval and hessian_micro_batches must be >= 1, got "
                              f"{o['hessian_interval']} and {o['hessian_micro_batches']}")
         check_betas(self.name, o["betas"])
-        self.bs = tokens_per_batch(model, preset)
+        self.bs = sophia_bs(model, preset)
         self.at_start = HESSIAN_AT_START[model]
         self.hessian_grad_clip = r.grad_clip if CLIP_HESSIAN_GRADIENT[model] else 0.0
         self.amp_dtype: torch.dtype | None = None
