@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def run_notebooks(results: Path, preset: str) -> list[Path]:
 
 def _appendix_name(notebook: Path) -> tuple[str, str]:
     seed, budget, method, model = notebook.parent.parts[-1:-5:-1]
-    return f"{model}-{method}-{budget}-{seed}", f"{model} / {method} / {budget} / {seed}"
+    page = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{model}-{method}-{budget}-{seed}")  # a variant's + and = out of URLs
+    return page, f"{model} / {method} / {budget} / {seed}"
 
 
 def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) -> int:
@@ -97,7 +99,7 @@ def records_fingerprint(results: Path, preset: str) -> str:
             digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     if bench_json().is_file():  # the cost chapter reads it
         digest.update(bench_json().read_bytes())
-    for module in ("report.py", "figures.py", "presets.py", "rst.py"):
+    for module in ("report.py", "figures.py", "presets.py", "rst.py", "variants.py", "departures.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     for path in sorted((Path(__file__).parent / "tables").glob("*.json")):
         digest.update(path.read_bytes())
@@ -123,8 +125,8 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
                out_dir: str | Path | None = None, calibrate: bool | None = None) -> Path:
     """Build the HTML book from results/<preset>/ and return the path of its index.html.
 
-    run_grid: run the preset's grid first (`ntng.grid.sweep`, which skips complete runs), fine-tuning the runs of
-    the preset's `book_finetune_budgets()`.
+    run_grid: run the preset's grid first (`ntng.grid.sweep`, which skips complete runs) with the paper's
+    ablations at the middle budget, fine-tuning the runs of the preset's `book_finetune_budgets()`.
     out_dir: where `_build/` goes (default: the checkout). calibrate: measure this machine's RST tables where
     missing (default: when run_grid)."""
     get_preset(preset)  # an unknown preset is a usage error before anything runs
@@ -143,7 +145,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         jobs = 1 if spec.ray_gpus else max(1, int((os.cpu_count() or 1) // spec.ray_cpus))
         log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
         sweep(preset=preset, results=results, finetune=spec.book_finetune_budgets(), jobs=jobs,
-              log=log)
+              ablations=True, log=log)
     if calibrate if calibrate is not None else run_grid:
         calibrate_here(results, preset, MODELS, log=log)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import NtngError, UsageError
 from .presets import DEFAULT_PRESET, METHODS, MODELS, all_presets, parse_budget
+from .variants import ABLATIONS
 
 PROG = "ntng"
 
@@ -33,6 +34,16 @@ def one_line(text: str) -> str:
 def _budget(text: str) -> str:
     parse_budget(text)  # validate early; the value stays a string (it names run directories)
     return text
+
+
+def _method(text: str) -> str:
+    """A method or a variant of one (ntng.variants), by its canonical name."""
+    from .variants import parse_variant
+
+    variant = parse_variant(text)
+    if variant.method not in METHODS:
+        raise UsageError(f"unknown method {variant.method!r} (choose from {', '.join(METHODS)})")
+    return variant.name
 
 
 def _existing_file(text: str) -> Path:
@@ -92,7 +103,9 @@ def build_parser() -> OneLineParser:
     p = sub.add_parser("pretrain", help="one budgeted pre-training run",
                        description="Pre-train one model with one method under an RST budget into a run directory.")
     p.add_argument("--model", choices=MODELS, required=True)
-    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--method", type=_method, required=True,
+                   help=f"{' | '.join(METHODS)}, or a variant: METHOD+SETTING..., e.g. sophia+free_hessian, "
+                   "lion+lr=0.0003 (its own run directory)")
     p.add_argument("--budget", type=_budget, required=True, help="RST budget with a unit: 20s, 10m, 6h")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--seed", type=_seed, default=0)
@@ -124,7 +137,11 @@ def build_parser() -> OneLineParser:
                        "cell; exit code 1 when any cell failed or diverged.")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: every method")
+    p.add_argument("--methods", nargs="+", type=_method, default=None,
+                   help="default: every method; variants too (selective_backprop+free_scoring ...)")
+    p.add_argument("--ablations", action="store_true",
+                   help="add the paper's ablations at the grid's middle budget (BERT): "
+                   + ", ".join(ABLATIONS))
     p.add_argument("--budgets", nargs="+", type=_budget, default=None,
                    help="RST budgets with a unit (default: the preset's three)")
     p.add_argument("--seeds", nargs="+", type=_seed, default=None, help="default: the preset's seeds (0)")
@@ -212,7 +229,7 @@ def cmd_sweep(args) -> int:
     rows = sweep(preset=args.preset, models=args.models, methods=args.methods, budgets=args.budgets,
                  seeds=args.seeds, executor=args.executor, ray_address=args.ray_address, jobs=args.jobs,
                  results=args.results, finetune=True if args.finetune == [] else args.finetune,  # bare: all
-                 log=lambda m: print(f"ntng sweep: {m}", flush=True))
+                 ablations=args.ablations, log=lambda m: print(f"ntng sweep: {m}", flush=True))
     print(format_table(rows), flush=True)
     bad = sum(r["status"] in ("failed", "diverged") for r in rows)
     if bad:

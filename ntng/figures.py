@@ -18,11 +18,30 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .presets import METHODS
-from .report import LABELS, sort_frame
+from .report import label, method_order, sort_frame
+from .variants import base_method
 
 BASELINE_COLOR = "black"
 _PALETTE = dict(zip([m for m in METHODS if m != "baseline"], sns.color_palette("colorblind", 6), strict=True))
-PALETTE = {"baseline": BASELINE_COLOR, **_PALETTE}
+_BASE_PALETTE = {"baseline": BASELINE_COLOR, **_PALETTE}
+
+
+class _Palette(dict):
+    """Method -> colour. A variant takes its method's colour, darkened, so it reads as that method's sibling."""
+
+    def __missing__(self, method: str):
+        base = _BASE_PALETTE.get(base_method(method), "grey")
+        colour = base if method == base_method(method) else tuple(0.55 * c for c in matplotlib.colors.to_rgb(base))
+        self[method] = colour
+        return colour
+
+
+PALETTE = _Palette(_BASE_PALETTE)
+
+
+def palette_for(methods) -> dict:
+    """A plain dict for seaborn's `palette=`, covering every method and variant in `methods`."""
+    return {m: PALETTE[m] for m in methods}
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -50,7 +69,7 @@ def _legend_outside(fig: Figure, ax, title: str = "method") -> None:
         if a.get_legend() is not None:
             a.get_legend().remove()
     if handles:
-        fig.legend(handles, [LABELS.get(x, x) for x in labels], title=title, loc="center left",
+        fig.legend(handles, [label(x) for x in labels], title=title, loc="center left",
                    bbox_to_anchor=(1.0, 0.5), frameon=False)
 
 
@@ -60,7 +79,7 @@ def _models(frame: pd.DataFrame) -> list[str]:
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
-    return [m for m in METHODS if m in set(frame["method"])]
+    return sorted(set(frame["method"]), key=method_order)
 
 
 def _budgets(frame: pd.DataFrame) -> list[float]:
@@ -145,7 +164,7 @@ def loss_curves(evals: pd.DataFrame, methods) -> Figure | None:
             part = sort_frame(data[(data["model"] == model) & (data["budget_rst_s"] == budget)])
             if not part.empty:
                 sns.lineplot(data=part, x="rst_s", y="val_loss", hue="method", units="seed", estimator=None,
-                             palette=PALETTE, hue_order=_methods(part), marker="o", markersize=4, ax=ax,
+                             palette=palette_for(_methods(part)), hue_order=_methods(part), marker="o", markersize=4, ax=ax,
                              linewidth=1.4)
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="RST (s)", ylabel="validation loss")
     _legend_outside(fig, axes[0][0])
@@ -216,7 +235,8 @@ def wall_vs_rst(runs: pd.DataFrame, methods=None) -> Figure | None:
     for j, model in enumerate(models):
         ax = axes[0][j]
         part = sort_frame(data[data["model"] == model])
-        sns.scatterplot(data=part, x="rst_s", y="wall_s", hue="method", style="status", palette=PALETTE,
+        sns.scatterplot(data=part, x="rst_s", y="wall_s", hue="method", style="status",
+                        palette=palette_for(_methods(part)),
                         hue_order=_methods(part), ax=ax, s=40)
         top = max(part["rst_s"].max(), part["wall_s"].max()) * 1.05
         ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
@@ -242,7 +262,7 @@ def active_layers(metrics: pd.DataFrame, full_depth: dict | None = None) -> Figu
             part = sort_frame(data[(data["model"] == model) & (data["budget_rst_s"] == budget)])
             if not part.empty:
                 sns.lineplot(data=part, x="budget_fraction", y="active_layers", hue="method", units="seed",
-                             estimator=None, palette=PALETTE, hue_order=_methods(part), ax=ax, linewidth=1,
+                             estimator=None, palette=palette_for(_methods(part)), hue_order=_methods(part), ax=ax, linewidth=1,
                              alpha=0.8)
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="fraction of the RST budget",
                    ylabel="active layers", xlim=(0, 1))
@@ -259,7 +279,7 @@ def keep_rates(runs: pd.DataFrame, methods) -> Figure | None:
     data = runs[runs["method"].isin(methods)].dropna(subset=["stat.keep_rate"])
     if data.empty:
         return None
-    data = sort_frame(data).assign(label=lambda f: f["method"].map(LABELS))
+    data = sort_frame(data).assign(label=lambda f: f["method"].map(label))
     models = sorted(set(data["model"]))
     fig, axes = _grid(1, len(models), width=5.0, height=3.4)
     for j, model in enumerate(models):
@@ -268,9 +288,9 @@ def keep_rates(runs: pd.DataFrame, methods) -> Figure | None:
         order = sorted(set(part["budget"]), key=lambda b: part[part["budget"] == b]["budget_rst_s"].iloc[0])
         hue_order = _methods(part)
         sns.barplot(data=part, x="budget", y="stat.keep_rate", hue="method", order=order, hue_order=hue_order,
-                    palette=PALETTE, errorbar=None, ax=ax, alpha=0.8)
+                    palette=palette_for(hue_order), errorbar=None, ax=ax, alpha=0.8)
         sns.stripplot(data=part, x="budget", y="stat.keep_rate", hue="method", order=order, hue_order=hue_order,
-                      palette=PALETTE, dodge=True, color="black", size=4, ax=ax, legend=False)
+                      palette=palette_for(hue_order), dodge=True, color="black", size=4, ax=ax, legend=False)
         ax.set(title=model, xlabel="RST budget", ylabel="keep rate", ylim=(0, 1))
     _legend_outside(fig, axes[0][0])
     fig.tight_layout()

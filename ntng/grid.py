@@ -42,6 +42,7 @@ from .errors import RunError, UsageError
 from .presets import METHODS, MODELS, format_budget, get_preset, parse_budget
 from .progress import Bar
 from .records import RunDir
+from .variants import ABLATION_MODELS, ABLATIONS, base_method, parse_variant
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pretrain.ipynb"
 FINETUNE_NOTEBOOK = NOTEBOOK.with_name("finetune.ipynb")
@@ -75,10 +76,36 @@ def _unique(values) -> list:
 
 
 def plan_grid(preset: str, models, methods, budgets, seeds, results: Path) -> list[Cell]:
-    """Every cell in grid order (models, methods, budgets, seeds); duplicates (e.g. 60s and 1m) once."""
+    """Every cell in grid order (models, methods, budgets, seeds); duplicates (e.g. 60s and 1m) once. A method
+    may be a variant (`ntng.variants`): its run directory is named by the variant."""
     names = _unique(format_budget(parse_budget(b)) for b in budgets)
     return [Cell(m, meth, b, s, Path(results) / preset / m / meth / b / f"seed{s}")
             for m in models for meth in methods for b in names for s in seeds]
+
+
+def middle_budget(budgets) -> str:
+    """The middle of a preset's budgets (12 h of the paper's 6/12/24 h), where the ablations run."""
+    ordered = sorted(budgets, key=parse_budget)
+    return format_budget(parse_budget(ordered[len(ordered) // 2]))
+
+
+def plan_ablations(preset: str, models, budgets, seeds, results: Path) -> list[Cell]:
+    """The paper's ablations (ntng.variants.ABLATIONS) at the middle of the grid's budgets (the preset's by
+    default: 12 h of the paper's 6/12/24 h), for the models the paper ran them on."""
+    return plan_grid(preset, [m for m in models if m in ABLATION_MODELS], ABLATIONS, [middle_budget(budgets)],
+                     seeds, results)
+
+
+def check_methods(methods) -> list[str]:
+    """Methods and variants by their canonical names (`sophia+free_hessian`); unknown methods are refused. A
+    variant's settings are checked by each cell (a setting a method does not take fails that cell alone)."""
+    out = []
+    for text in _check_list("methods", methods):
+        variant = parse_variant(text)
+        if variant.method not in METHODS:
+            raise UsageError(f"unknown method {variant.method!r} (choose from {', '.join(METHODS)})")
+        out.append(variant.name)
+    return _unique(out)
 
 
 def cell_state(run_dir: Path) -> str:
@@ -432,7 +459,7 @@ def run_order(tasks: list[dict]) -> list[int]:
     first, they would hold a job slot idle waiting on its lock), the rest in grid order in between."""
     first, middle, last, seen = [], [], [], set()
     for k, task in enumerate(tasks):
-        if task["method"] != "rho_loss":
+        if base_method(task["method"]) != "rho_loss":
             middle.append(k)
         elif task["model"] in seen:
             last.append(k)
@@ -463,9 +490,11 @@ def _display_path(path: Path) -> str:
 
 def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=None, executor: str = "local",
           ray_address: str | None = None, jobs: int = 1, results: str | Path = "results",
-          data_dir: str | Path | None = None, finetune: bool = False, log=print) -> list[dict]:
+          data_dir: str | Path | None = None, finetune: bool = False, ablations: bool = False,
+          log=print) -> list[dict]:
     """Run the grid models x methods x budgets x seeds (defaults: both models, every method, the preset's budgets
-    and seeds) through notebooks/pretrain.ipynb; returns one row per cell, in grid order: model, method, budget,
+    and seeds) through notebooks/pretrain.ipynb; a method may be a variant (`sophia+free_hessian`). With
+    `ablations`, the paper's ablations join the grid at its middle budget (`plan_ablations`). Returns one row per cell, in grid order: model, method, budget,
     seed, run_dir, status (complete | skipped | failed | diverged), rst_s, wall_s (the run's training wall time),
     final_val_loss, error, elapsed_s (this call's seconds on the cell, papermill and kernel start included),
     resumed, finetune. With `finetune` (True, or some of the grid's budgets: only their runs), every complete run
@@ -477,7 +506,7 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
 
     preset_obj = get_preset(preset)
     models = _check_list("models", MODELS if models is None else models, MODELS)
-    methods = _check_list("methods", METHODS if methods is None else methods, METHODS)
+    methods = check_methods(METHODS if methods is None else methods)
     budgets = _check_list("budgets", preset_obj.budgets if budgets is None else budgets)
     for budget in budgets:
         parse_budget(budget)
@@ -508,6 +537,10 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     check_writable(shown_results)
 
     cells = plan_grid(preset_obj.name, models, methods, budgets, seeds, shown_results.resolve())
+    if ablations:
+        known = {c.run_dir for c in cells}
+        cells += [c for c in plan_ablations(preset_obj.name, models, budgets, seeds, shown_results.resolve())
+                  if c.run_dir not in known]
     rows: list[dict | None] = [None] * len(cells)
     notebook_text = NOTEBOOK.read_text()
     finetune_text = FINETUNE_NOTEBOOK.read_text() if finetune_at else None

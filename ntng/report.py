@@ -24,6 +24,7 @@ import pandas as pd
 from .errors import UsageError
 from .presets import METHODS, format_budget, get_preset
 from .records import METRIC_COLUMNS, Unreadable, read_metrics_checked
+from .variants import base_method, describe
 
 KEYS = ["model", "method", "budget", "budget_rst_s", "seed"]
 RST_PARTS = ("train", "scoring", "hessian", "optimizer")
@@ -52,7 +53,29 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def family_of(method: str) -> str | None:
-    return next((f for f, (_, methods) in FAMILIES.items() if method in methods), None)
+    """The family of a method or of a variant of it (`sophia+free_hessian` is an efficient optimizer)."""
+    base = base_method(method)
+    return next((f for f, (_, methods) in FAMILIES.items() if base in methods), None)
+
+
+def label(method: str) -> str:
+    """A method's label; a variant's adds its settings: 'selective backprop (free scoring)'."""
+    base = base_method(method)
+    settings = describe(method) if method != base else ""
+    return LABELS.get(base, base) + (f" ({settings})" if settings else "")
+
+
+def method_order(method: str) -> tuple:
+    """Sort key: the study's order of methods (METHODS), each method's variants right after it."""
+    base = base_method(method)
+    return (METHODS.index(base) if base in METHODS else len(METHODS), base, method != base, method)
+
+
+def family_methods(table, family: str) -> list[str]:
+    """A family's methods and every variant of them found in the records, in `method_order`."""
+    present = set(table.runs["method"]) if len(table.runs) else set()
+    members = set(FAMILIES[family][1]) | {m for m in present if base_method(m) in FAMILIES[family][1]}
+    return sorted(members, key=method_order)
 
 
 def t_quantile_975(df: int) -> float:
@@ -124,7 +147,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
         raise Unreadable("summary.json", "evals is not a list of {rst_s, val_loss}")
     metrics = read_metrics_checked(run_dir / "metrics.csv", summary.get("steps") if status == "complete" else None)
     budget_s = float(config["budget_rst_s"])
-    row = {"model": config["model"], "method": config["method"], "budget": format_budget(budget_s),
+    # a variant (ntng.variants) is reported as a method of its own, beside the method it varies
+    row = {"model": config["model"], "method": config.get("variant") or config["method"],
+           "base_method": config["method"], "budget": format_budget(budget_s),
            "budget_rst_s": budget_s, "seed": int(config["seed"]), "status": status,
            "family": family_of(config["method"]), "rst_s": _finite(summary.get("rst_s")),
            "wall_s": _finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
@@ -220,7 +245,7 @@ class RunTable:
 
     def methods_present(self, methods=None) -> list[str]:
         present = set(self.runs["method"]) if len(self.runs) else set()
-        return [m for m in METHODS if m in present and (methods is None or m in methods)]
+        return sorted((m for m in present if methods is None or m in methods), key=method_order)
 
 
 def _relative(path: str | Path, root: Path) -> str:
@@ -234,8 +259,8 @@ def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows in the study's order: model, method (as in METHODS), budget, seed."""
     if frame.empty:
         return frame
-    order = {m: i for i, m in enumerate(METHODS)}
     cols = [c for c in ("model", "method", "budget_rst_s", "seed", "task") if c in frame.columns]
+    order = {m: i for i, m in enumerate(sorted(set(frame["method"]), key=method_order))} if "method" in cols else {}
     return frame.sort_values(cols, key=lambda s: s.map(order) if s.name == "method" else s, kind="stable")
 
 
@@ -496,7 +521,7 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
         s = speed[(speed["model"] == row["model"]) & (speed["method"] == row["method"])
                   & (speed["budget_rst_s"] == row["budget_rst_s"])]
         runs_text = f"{row['complete']}/{row['runs']}" + (f" ({row['not_complete']})" if row["not_complete"] else "")
-        out.append({"model": row["model"], "method": LABELS.get(row["method"], row["method"]),
+        out.append({"model": row["model"], "method": label(row["method"]),
                     "budget": row["budget"], "complete/runs": runs_text,
                     "final val loss [95% CI]": fmt_ci(row["mean"], row["ci_low"], row["ci_high"]),
                     "vs baseline [95% CI]": "-" if row["method"] == "baseline" or d is None
@@ -534,7 +559,7 @@ def trend_sentences(table: RunTable, methods) -> list[str]:
                      f"as the budget grows {g.iloc[-1]['budget_rst_s'] / g.iloc[0]['budget_rst_s']:g}x")
         else:
             trend = "one budget only"
-        out.append(f"**{model} / {LABELS.get(method, method)}** minus baseline (final validation loss, mean over "
+        out.append(f"**{model} / {label(method)}** minus baseline (final validation loss, mean over "
                    f"seeds, negative = better than the baseline): {steps}; {trend}.")
     return out
 
@@ -595,27 +620,28 @@ def records_html(table: RunTable, methods=None) -> str:
 
 def family_overview(table: RunTable, family: str) -> str:
     """Generated opening of a family chapter: what ran, or plainly that nothing did; the methods' cards."""
-    name, methods = FAMILIES[family]
+    name, family_members = FAMILIES[family]
+    methods = family_methods(table, family)
     present = table.methods_present(methods)
-    labels = " and ".join(LABELS[m] for m in methods)
+    labels = " and ".join(LABELS[m] for m in family_members)
     if not present:
         return (f"**No runs of {labels} under `{table.root}`**, so this chapter has no results. Run them with "
                 f"`ntng sweep --preset {table.preset} --results {table.results} --methods baseline "
-                f"{' '.join(methods)}`.")
+                f"{' '.join(family_members)}`.")
     lines = []
     for method in methods:
         runs = table.runs[table.runs["method"] == method]
         if runs.empty:
-            lines.append(f"- **{LABELS[method]}**: no runs under `{table.root}`.")
+            lines.append(f"- **{label(method)}**: no runs under `{table.root}`.")
             continue
         status = ", ".join(f"{n} {s}" for s, n in sorted(runs["status"].value_counts().items()))
-        lines.append(f"- **{LABELS[method]}**: {len(runs)} runs ({status}) over "
+        lines.append(f"- **{label(method)}**: {len(runs)} runs ({status}) over "
                      f"{', '.join(sorted(set(runs['model'])))} at budgets "
                      f"{', '.join(format_budget(b) for b in sorted(set(runs['budget_rst_s'])))}.")
     if "baseline" not in set(table.runs.get("method", [])):
         lines.append(f"- **baseline**: no runs under `{table.root}`: nothing to compare with.")
     cards = []
-    for method in present:
+    for method in (m for m in present if m == base_method(m)):  # a variant shares its method's card
         card = next((c for c in table.runs[table.runs["method"] == method]["method_card"] if c), "")
         if card:
             cards.append(f"**{LABELS[method]}** (method card, as recorded in the runs' config.json): "
@@ -646,7 +672,7 @@ def method_stats_text(table: RunTable, methods) -> str:
                 row[col[5:]] = fmt(g[col].mean(), 3)
             rows.append(row)
         frame = pd.DataFrame(rows).fillna("-")
-        out.append(f"**{LABELS[method]}** (method_stats from summary.json, mean over the runs of each cell):\n\n"
+        out.append(f"**{label(method)}** (method_stats from summary.json, mean over the runs of each cell):\n\n"
                    + markdown_table(frame))
     return "\n\n".join(out) if out else "*No runs of these methods yet.*"
 
@@ -658,7 +684,7 @@ def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
                 f"directory), so this chapter has no results. Fine-tune a run with `ntng finetune --run DIR`.")
     frame = pd.DataFrame({
         "model": scores["model"], "task": scores["task"], "metric": scores["metric"],
-        "method": scores["method"].map(lambda m: LABELS.get(m, m)), "budget": scores["budget"],
+        "method": scores["method"].map(lambda m: label(m)), "budget": scores["budget"],
         "seeds": scores["seeds"],
         "best dev score [95% CI]": [fmt_ci(m, lo, hi) for m, lo, hi in
                                     zip(scores["mean"], scores["ci_low"], scores["ci_high"], strict=True)],
@@ -670,7 +696,7 @@ def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
         top = g.loc[g["mean"].idxmax()] if g["mean"].notna().any() else None
         if top is not None:
             best.append(f"{model} / {task}: best mean dev score {fmt(top['mean'])} by "
-                        f"{LABELS.get(top['method'], top['method'])} at {top['budget']}")
+                        f"{label(top['method'])} at {top['budget']}")
     tuned = sorted(set(scores["budget_rst_s"]))
     trained = sorted(set(table.runs["budget_rst_s"])) if len(table.runs) else tuned
     which = ("" if tuned == trained else

@@ -30,6 +30,7 @@ from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
 from .schedules import SCHEDULES
 from .splits import DATA_SPLITS, select_split
+from .variants import RUN_FLAGS, parse_variant, variant_name
 
 # a run's bar counts RST seconds of the budget, not steps (a step's cost varies with the method)
 RST_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} s RST [{elapsed}<{remaining}]"
@@ -56,6 +57,7 @@ class PretrainSpec:
     corpus: str
     method_options: dict
     data_split: str  # which training windows the run sees (ntng.splits.DATA_SPLITS)
+    variant: str = ""  # the method with its settings (ntng.variants), e.g. "sophia+free_hessian"; names the run
 
     def identity(self) -> dict:
         """What must match for --resume to continue this run."""
@@ -75,13 +77,32 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
             corpus: str = "offline", method_options: dict | None = None,
             data_split: str | None = None) -> PretrainSpec:
     """Check every argument; raise UsageError naming the first bad one. Writes nothing.
+    `method` may be a variant (`ntng.variants`: `sophia+free_hessian`, `lion+lr=0.0003`): its flags join
+    free_scoring / free_hessian and its options join `method_options`.
     `data_split` None: the method's own (every window, except RHO-LOSS's 80%)."""
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+    parsed = parse_variant(method)
+    method = parsed.method
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    flags = parsed.run_flags()
+    free_scoring = bool(free_scoring or flags.get("free_scoring", False))
+    free_hessian = bool(free_hessian or flags.get("free_hessian", False))
+    method_options = dict(method_options or {})
+    for key, value in parsed.method_options().items():
+        if key in method_options and method_options[key] != value:
+            raise UsageError(f"method option {key} is given twice with different values ({method_options[key]!r} "
+                             f"and {value!r})")
+        method_options[key] = value
     preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
-    method_obj = build_method(method, model, preset_obj, **(method_options or {}))  # validates its settings now
+    method_obj = build_method(method, model, preset_obj, **method_options)  # validates its settings now
+    for flag, on in (("free_scoring", free_scoring), ("free_hessian", free_hessian)):
+        if on and RUN_FLAGS[flag] not in method_obj.extra_work:
+            raise UsageError(f"{flag}: method {method} does no {RUN_FLAGS[flag]} passes, so there is nothing to "
+                             f"make free")
+    variant = variant_name(method, {**method_options, **{k: True for k, on in (
+        ("free_scoring", free_scoring), ("free_hessian", free_hessian)) if on}})
     if data_split is None:
         data_split = method_obj.data_split
     if data_split not in DATA_SPLITS:
@@ -103,12 +124,12 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if not packed.exists():
         raise UsageError(f"no packed data at {packed}: run `ntng data` first"
                          + (f" (with --preset {preset_obj.name})" if preset_obj.name == "paper" else ""))
-    out = Path(out_dir) if out_dir is not None else default_run_dir(preset_obj.name, model, method, budget_text, seed)
+    out = Path(out_dir) if out_dir is not None else default_run_dir(preset_obj.name, model, variant, budget_text, seed)
     check_writable(out)
     spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
                         seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
                         free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
-                        method_options=dict(method_options or {}), data_split=data_split)
+                        method_options=method_options, data_split=data_split, variant=variant)
     run_dir = RunDir(out)
     if resume:
         if not run_dir.config_path.exists():
@@ -297,7 +318,8 @@ class Trainer:
         spec = self.spec
         return {
             "identity": spec.identity(),
-            "model": spec.model, "method": spec.method, "preset": spec.preset.name, "seed": spec.seed,
+            "model": spec.model, "method": spec.method, "variant": spec.variant, "preset": spec.preset.name,
+            "seed": spec.seed,
             "budget": spec.budget, "budget_rst_s": spec.budget_rst_s,
             "rst_table": {"name": spec.table.name, "path": spec.table_path, "machine": spec.table.machine},
             "free_scoring": spec.free_scoring, "free_hessian": spec.free_hessian,
@@ -316,7 +338,8 @@ class Trainer:
     def summary(self, status: str, error: str | None = None) -> dict:
         clock = self.run.clock
         out = {
-            "status": status, "run_dir": str(self.spec.out_dir), "model": self.spec.model, "method": self.spec.method, "preset": self.spec.preset.name,
+            "status": status, "run_dir": str(self.spec.out_dir), "model": self.spec.model,
+            "method": self.spec.method, "variant": self.spec.variant, "preset": self.spec.preset.name,
             "seed": self.spec.seed, "budget_rst_s": self.spec.budget_rst_s, "rst_s": clock.rst_seconds,
             "wall_s": self.wall_s, "steps": self.run.step, "micro_steps": self.run.micro_step,
             "tokens": self.tokens,
@@ -492,7 +515,7 @@ def pretrain(model: str = "bert", method: str = "baseline", budget: str = "30s",
         raise
     except Exception as exc:
         raise RunError(f"could not set up the run: {type(exc).__name__}: {exc}") from exc
-    log(f"{spec.model} / {spec.method} / {spec.budget} RST at preset {spec.preset.name}, seed {spec.seed}: "
+    log(f"{spec.model} / {spec.variant} / {spec.budget} RST at preset {spec.preset.name}, seed {spec.seed}: "
         f"{count_parameters(trainer.run.model):,} parameters, table {spec.table.name}, -> {spec.out_dir}")
     try:
         return trainer.train()

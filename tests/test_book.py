@@ -77,7 +77,7 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
         assert any(u.endswith(suffix) for u in pages) or chapter == "book/intro", f"{chapter} not in the navigation"
     runs = [u for u in pages if "/book/runs/" in u]
     notebooks = sorted(book["results"].glob("smoke/*/*/*/seed*/notebook.ipynb"))
-    assert len(runs) == len(notebooks) == 7, "one appendix page per executed notebook"
+    assert len(runs) == len(notebooks) == 8, "one appendix page per executed notebook"
     visited = {}
     for url in pages:
         page = _visit(browser, url)
@@ -138,6 +138,26 @@ def test_introduction_table_matches_the_run_directories(book):
     assert "diverged" in records and "RuntimeError: simulated failure" in records
 
 
+def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds(book):
+    browser, results = book["browser"], book["results"]
+    browser.open((book["index"].parent / "book" / "selection.html").as_uri())
+    tables = browser.evaluate(TABLE_JS)
+    table = next(t for t in tables if t and "final val loss [95% CI]" in t[0])
+    rows = {(r[0], r[1], r[2]): dict(zip(table[0], r, strict=True)) for r in table[1:]}
+    losses = _expected_final(results, "bert", syn.VARIANT, "10s")
+    base = _expected_final(results, "bert", "baseline", "10s")
+    row = rows[("bert", "selective backprop (free scoring)", "10s")]
+    assert row["final val loss [95% CI]"].startswith(f"{sum(losses) / len(losses):.3f}")
+    diff = sum(a - b for a, b in zip(losses, base, strict=True)) / len(losses)
+    assert row["vs baseline [95% CI]"].startswith(f"{diff:+.3f}")
+    labels = [r[1] for r in table[1:]]
+    assert labels.index("selective backprop (free scoring)") > labels.index("selective backprop")
+    browser.open((book["index"].parent / "book" / "departures.html").as_uri())
+    text = browser.evaluate(TEXT_JS)
+    from ntng.departures import DEPARTURES
+    assert all(d.what.replace("'", "\u2019") in text for d in DEPARTURES)  # MyST's typographic apostrophes
+
+
 def test_a_family_without_runs_says_so(tmp_path):
     results = tmp_path / "results"
     syn.write_run(results, "bert", "baseline", "5s", 0)
@@ -168,3 +188,4 @@ def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, mon
     jobs = calls[0]["jobs"]
     assert isinstance(jobs, int) and jobs == max(1, os.cpu_count() or 1)  # smoke asks for one CPU per cell
     assert calls[0]["finetune"] == ["12s"] and calls[0]["preset"] == "smoke"  # smoke: the largest budget only
+    assert calls[0]["ablations"] is True  # the paper's ablations at the middle budget

@@ -81,7 +81,7 @@ def synthetic(tmp_path_factory):
 def test_load_runs_keeps_failures_and_lists_damaged_records(synthetic):
     root, written, table = synthetic
     statuses = table.runs.groupby("status").size().to_dict()
-    assert statuses == {"complete": 38, "diverged": 1, "failed": 1}
+    assert statuses == {"complete": 40, "diverged": 1, "failed": 1}
     listed = {(str(report.Path(d).relative_to(root / syn.PRESET)), f) for d, f, _ in table.unreadable}
     assert listed == set(written["unreadable"].items())
     reasons = {f: r for _, f, r in table.unreadable}
@@ -147,3 +147,17 @@ def test_empty_results_give_empty_tables(tmp_path):
     assert report.results_table(table).empty and report.final_loss_table(table.runs).empty
     assert "No runs of layer stacking and layer dropping" in report.family_overview(table, "dynamic")
     assert "no readable runs" in report.overview_text(table)
+
+
+def test_a_variant_is_reported_beside_its_method(synthetic):
+    """The ablation selective_backprop+free_scoring: its own rows, labelled, in the selection family, compared
+    with the baseline like any method (its gap at 10 s is DELTA x 5 / 10 by construction)."""
+    _, _, table = synthetic
+    rows = table.runs[table.runs["method"] == syn.VARIANT]
+    assert len(rows) == 2 and set(rows["base_method"]) == {"selective_backprop"} and set(rows["family"]) == {"selection"}
+    assert report.label(syn.VARIANT) == "selective backprop (free scoring)"
+    assert report.family_methods(table, "selection") == ["selective_backprop", syn.VARIANT, "rho_loss"]
+    diffs = report.difference_to_baseline(table.runs).set_index(["model", "method", "budget"])
+    assert diffs.loc[("bert", syn.VARIANT, "10s"), "mean"] == pytest.approx(syn.DELTA[syn.VARIANT] * 5 / 10)
+    ordered = list(dict.fromkeys(report.sort_frame(table.runs)["method"]))
+    assert ordered.index(syn.VARIANT) == ordered.index("selective_backprop") + 1

@@ -26,7 +26,7 @@ NOTEBOOKS = {
                           "checkpoint.pt) is written by `ntng.pretrain`, the same function as `ntng pretrain`."),
         parameters('''
 model: str = "bert"  # bert | t5
-method: str = "baseline"  # baseline | layer_stacking | layer_dropping | selective_backprop | rho_loss | lion | sophia
+method: str = "baseline"  # baseline | layer_stacking | ... | sophia, or a variant such as sophia+free_hessian
 budget: str = "20s"  # RST budget with a unit: 20s, 10m, 6h
 preset: str = "smoke"  # smoke | mini | paper
 seed: int = 0  # seeds model initialisation, data order and masking

@@ -1,0 +1,121 @@
+"""Variants: a method plus settings, run and reported as a method of its own.
+
+A variant's name is the method's name followed by its settings, each `+key=value` (or `+flag` for a setting that
+is switched on), in sorted order: `selective_backprop+free_scoring`, `sophia+free_hessian`,
+`lion+lr=0.0003+weight_decay=0.2`. It names the run directory (results/<preset>/<model>/<variant>/<budget>/seed<k>)
+and the runs' rows in the report, so the paper's ablations (Section 5.4: batch selection with scoring not charged;
+Section 6.1: Sophia with free Hessian passes) sit beside the charged runs, and any grid over settings is a set of
+variants. A setting is either a run flag (`free_scoring`, `free_hessian`: the RST clock does not charge that kind
+of extra work) or one of the method's own options (`ntng.methods.base.take_options`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+RUN_FLAGS = {"free_scoring": "scoring", "free_hessian": "hessian"}  # flag -> the kind of extra work made free
+# the paper's ablations, run by `ntng book` at the preset's middle budget (BERT, where the paper ran them)
+ABLATIONS = ("selective_backprop+free_scoring", "rho_loss+free_scoring", "sophia+free_hessian")
+ABLATION_MODELS = ("bert",)
+_KEY = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str
+    settings: tuple[tuple[str, object], ...] = ()  # sorted by key
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.method, dict(self.settings))
+
+    @property
+    def is_variant(self) -> bool:
+        return bool(self.settings)
+
+    def run_flags(self) -> dict[str, bool]:
+        return {k: bool(v) for k, v in self.settings if k in RUN_FLAGS}
+
+    def method_options(self) -> dict:
+        return {k: v for k, v in self.settings if k not in RUN_FLAGS}
+
+
+def format_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parse_value(text: str, where: str):
+    """'true'/'false' -> bool, whole numbers -> int, other numbers -> float; a comma list -> a list of those."""
+    if "," in text:
+        return [parse_value(part, where) for part in text.split(",")]
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(lowered)
+    except ValueError:
+        pass
+    try:
+        value = float(lowered)
+    except ValueError:
+        raise UsageError(f"{where}: {text!r} is not a number, true or false") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+def variant_name(method: str, settings: dict) -> str:
+    parts = [method]
+    for key in sorted(settings):
+        value = settings[key]
+        parts.append(key if value is True and key in RUN_FLAGS else f"{key}={format_value(value)}")
+    return "+".join(parts)
+
+
+def parse_variant(text: str) -> Variant:
+    """`method+flag+key=value...` -> Variant; a plain method name is a variant with no settings. Checks the
+    syntax only: the method and its options are checked where the run is resolved."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"bad method {text!r}: give a method name, optionally with +settings")
+    method, *items = text.strip().split("+")
+    settings: dict = {}
+    for item in items:
+        key, has_value, raw = item.partition("=")
+        if not _KEY.fullmatch(key):
+            raise UsageError(f"bad setting {item!r} in {text!r}: expected key=value or a flag such as free_scoring")
+        if key in settings:
+            raise UsageError(f"setting {key!r} is given twice in {text!r}")
+        if not has_value:
+            if key not in RUN_FLAGS:
+                raise UsageError(f"setting {key!r} in {text!r} needs a value (key=value); flags are "
+                                 f"{', '.join(RUN_FLAGS)}")
+            settings[key] = True
+        else:
+            settings[key] = parse_value(raw, f"setting {key} in {text!r}")
+            if key in RUN_FLAGS and not isinstance(settings[key], bool):
+                raise UsageError(f"setting {key} in {text!r} must be true or false")
+        if isinstance(settings[key], list):
+            settings[key] = tuple(settings[key])
+    return Variant(method, tuple(sorted(settings.items())))
+
+
+def base_method(name: str) -> str:
+    """The method a variant name runs: `sophia+free_hessian` -> `sophia`."""
+    return str(name).split("+", 1)[0]
+
+
+def describe(name: str) -> str:
+    """The settings of a variant in words, for labels: 'free scoring', 'lr=0.0003' ('' for a plain method)."""
+    variant = parse_variant(name)
+    return ", ".join(k.replace("_", " ") if v is True and k in RUN_FLAGS else f"{k}={format_value(v)}"
+                     for k, v in variant.settings)
