@@ -33,6 +33,18 @@ def _rms(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.norm(2) / math.sqrt(tensor.numel())
 
 
+def _rms_scales(params: list) -> list:
+    """max(1e-3, RMS(p)) for every tensor at once, kept on the device (no host sync per tensor)."""
+    scales = list(torch._foreach_norm(params))
+    torch._foreach_div_(scales, [math.sqrt(p.numel()) for p in params])
+    torch._foreach_clamp_min_(scales, 1e-3)
+    return scales
+
+
+def _on_cuda(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.is_cuda for group in optimizer.param_groups for p in group["params"])
+
+
 class _PerParameterOptimizer(torch.optim.Optimizer):
     """What AdamWScale and Lion share: the closure, the walk over groups, skipping parameters with no gradient
     (a block that sat out the step). Subclasses define `_update(p, grad, state, group)`."""
@@ -71,9 +83,7 @@ class AdamWScale(_PerParameterOptimizer):
         self.foreach = foreach
 
     def _uses_foreach(self) -> bool:
-        if self.foreach is not None:
-            return self.foreach
-        return any(p.is_cuda for group in self.param_groups for p in group["params"])
+        return self.foreach if self.foreach is not None else _on_cuda(self)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -118,10 +128,7 @@ class AdamWScale(_PerParameterOptimizer):
         grads = [p.grad for p in params]
         exp_avgs = [state["exp_avg"] for state in states]
         exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        # max(1e-3, RMS(p)) of the parameters before this step, kept on the device
-        scales = list(torch._foreach_norm(params))
-        torch._foreach_div_(scales, [math.sqrt(p.numel()) for p in params])
-        torch._foreach_clamp_min_(scales, 1e-3)
+        scales = _rms_scales(params)  # of the parameters before this step
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m <- b1 m + (1 - b1) g
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
@@ -157,15 +164,56 @@ class Lion(_PerParameterOptimizer):
         p <- p - lr sign(b1 m + (1 - b1) g)
         m <- b2 m + (1 - b2) g
     With `rms_scale`, lr is multiplied by max(1e-3, RMS(p)) (RMS before the step), as in the paper's T5 code.
-    Parameters whose `.grad` is None are skipped, state and all.
+    Parameters whose `.grad` is None are skipped, state and all. Tensor by tensor on CPU, `foreach` (a few kernels
+    per group, RMS(p) kept on the device) on CUDA, unless `foreach` says otherwise.
     """
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0, *, rms_scale: bool = False):
+    def __init__(self, params, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0, *, rms_scale: bool = False,
+                 foreach: bool | None = None):
         if not lr > 0 or not weight_decay >= 0:
             raise ValueError(f"bad Lion settings lr={lr} weight_decay={weight_decay}: lr > 0 and weight_decay >= 0")
         defaults = {"lr": lr, "betas": _check_betas("Lion", betas), "weight_decay": weight_decay,
                     "rms_scale": bool(rms_scale)}
         super().__init__(params, defaults)
+        self.foreach = foreach
+
+    def _uses_foreach(self) -> bool:
+        return self.foreach if self.foreach is not None else _on_cuda(self)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self._uses_foreach():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            grads = [p.grad for p in params]
+            momenta = []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                momenta.append(state["exp_avg"])
+            lr, wd = group["lr"], group["weight_decay"]
+            scales = _rms_scales(params) if group.get("rms_scale") else None  # before the decay, as `_update`
+            if wd != 0.0:
+                if scales is None:
+                    torch._foreach_mul_(params, 1.0 - lr * wd)
+                else:  # p (1 - lr s wd), s on the device
+                    torch._foreach_mul_(params, torch._foreach_add(torch._foreach_mul(scales, -lr * wd), 1.0))
+            directions = torch._foreach_lerp(momenta, grads, 1.0 - beta1)  # b1 m + (1 - b1) g
+            torch._foreach_sign_(directions)
+            if scales is not None:
+                torch._foreach_mul_(directions, scales)
+            torch._foreach_add_(params, directions, alpha=-lr)
+            torch._foreach_lerp_(momenta, grads, 1.0 - beta2)  # m <- b2 m + (1 - b2) g
+        return loss
 
     def _update(self, p, grad, state, group) -> None:
         beta1, beta2 = group["betas"]
@@ -194,11 +242,12 @@ class SophiaG(torch.optim.Optimizer):
     code. `bs` defaults to the value given at construction (the official BERT fork's convention; the official
     `step` takes it per call). With `rms_scale` the update (not the decay) is multiplied by max(1e-3, RMS(p)) after
     the decay, as in the paper's T5 code. `last_clip_fraction` is the fraction of coordinates whose ratio
-    |m| / (rho bs h + 1e-15) exceeded 1 in the last step (None before the first step).
+    |m| / (rho bs h + 1e-15) exceeded 1 in the last step (None before the first step). Tensor by tensor on CPU,
+    `foreach` on CUDA (one host sync a step, for the clip fraction), unless `foreach` says otherwise.
     """
 
     def __init__(self, params, lr: float, betas=(0.965, 0.99), rho: float = 0.04, weight_decay: float = 0.0, *,
-                 bs: int = 5120, rms_scale: bool = False):
+                 bs: int = 5120, rms_scale: bool = False, foreach: bool | None = None):
         if not lr > 0 or not rho >= 0 or not weight_decay >= 0 or not bs > 0:
             raise ValueError(f"bad SophiaG settings lr={lr} rho={rho} weight_decay={weight_decay} bs={bs}: "
                              f"lr > 0, rho >= 0, weight_decay >= 0 and bs > 0")
@@ -206,7 +255,11 @@ class SophiaG(torch.optim.Optimizer):
                     "rms_scale": bool(rms_scale)}
         super().__init__(params, defaults)
         self.bs = bs
+        self.foreach = foreach
         self.last_clip_fraction: float | None = None
+
+    def _uses_foreach(self) -> bool:
+        return self.foreach if self.foreach is not None else _on_cuda(self)
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -232,6 +285,9 @@ class SophiaG(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         bs = self.bs if bs is None else bs
+        if self._uses_foreach():
+            self._step_foreach(bs)
+            return loss
         clipped, total = None, 0
         for group in self.param_groups:
             beta1 = group["betas"][0]
@@ -254,6 +310,35 @@ class SophiaG(torch.optim.Optimizer):
         if total:
             self.last_clip_fraction = clipped.item() / total
         return loss
+
+
+    def _step_foreach(self, bs: int) -> None:
+        """`step` for every tensor of a group at once (torch._foreach_*)."""
+        clipped, total = [], 0
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state(p) for p in params]
+            for state in states:
+                state["step"] += 1
+            momenta, hessians = [s["exp_avg"] for s in states], [s["hessian"] for s in states]
+            beta1, lr = group["betas"][0], group["lr"]
+            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+            torch._foreach_lerp_(momenta, [p.grad for p in params], 1.0 - beta1)  # m <- b1 m + (1 - b1) g
+            denominators = torch._foreach_mul(hessians, group["rho"] * bs)
+            torch._foreach_add_(denominators, 1e-15)
+            ratios = torch._foreach_abs(momenta)
+            torch._foreach_div_(ratios, denominators)
+            clipped += [(ratio > 1.0).sum() for ratio in ratios]
+            total += sum(ratio.numel() for ratio in ratios)
+            torch._foreach_clamp_max_(ratios, 1.0)
+            torch._foreach_mul_(ratios, torch._foreach_sign(momenta))
+            if group.get("rms_scale"):
+                torch._foreach_mul_(ratios, _rms_scales(params))  # RMS after the decay, as the per-tensor path
+            torch._foreach_add_(params, ratios, alpha=-lr)
+        if total:
+            self.last_clip_fraction = torch.stack(clipped).sum().item() / total
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, betas, eps: float, weight_decay: float):

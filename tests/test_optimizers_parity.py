@@ -58,11 +58,12 @@ def assert_same(ours, theirs) -> None:
 # ------------------------------------------------------------------------------------------- random gradients
 
 
-def test_lion_matches_lion_pytorch_on_random_gradients():
+@pytest.mark.parametrize("foreach", [False, True])  # tensor by tensor (CPU default), all at once (CUDA default)
+def test_lion_matches_lion_pytorch_on_random_gradients(foreach):
     start = random_params()
     ours = [nn.Parameter(t.clone()) for t in start]
     theirs = [nn.Parameter(t.clone()) for t in start]
-    ours_opt = Lion(as_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+    ours_opt = Lion(as_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, foreach=foreach)
     theirs_opt = OracleLion(as_groups(theirs, 0.1), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
     for step in range(STEPS):
@@ -99,10 +100,10 @@ def test_lion_without_weight_decay_or_with_it_differs():
     assert torch.equal(runs[0][2], runs[1][2])  # the no-decay group is the same either way
 
 
-def _sophia_pair(start, wd=0.05, rho=0.04, bs_in_constructor=True):
+def _sophia_pair(start, wd=0.05, rho=0.04, bs_in_constructor=True, foreach=None):
     ours = [nn.Parameter(t.clone()) for t in start]
     theirs = [nn.Parameter(t.clone()) for t in start]
-    kwargs = {"bs": BS} if bs_in_constructor else {}
+    kwargs = ({"bs": BS} if bs_in_constructor else {}) | {"foreach": foreach}
     ours_opt = SophiaG(as_groups(ours, wd), lr=1e-2, betas=(0.965, 0.99), rho=rho, weight_decay=wd, **kwargs)
     theirs_opt = OracleSophiaG(as_groups(theirs, wd), lr=1e-2, betas=(0.965, 0.99), rho=rho, weight_decay=wd)
     return ours, theirs, ours_opt, theirs_opt
@@ -118,10 +119,11 @@ def _oracle_clip_fraction(optimizer, params, rho, bs) -> float:
     return clipped / total
 
 
+@pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("bs_in_constructor", [True, False])
-def test_sophia_matches_the_official_sophiag_on_random_gradients(bs_in_constructor):
+def test_sophia_matches_the_official_sophiag_on_random_gradients(bs_in_constructor, foreach):
     start = random_params(2)
-    ours, theirs, ours_opt, theirs_opt = _sophia_pair(start, bs_in_constructor=bs_in_constructor)
+    ours, theirs, ours_opt, theirs_opt = _sophia_pair(start, bs_in_constructor=bs_in_constructor, foreach=foreach)
     g = torch.Generator().manual_seed(3)
     fractions = []
     for step in range(STEPS):
@@ -230,7 +232,8 @@ def test_sophia_matches_the_official_sophiag_on_a_real_tiny_bert():
 # ------------------------------------------------------------------------------- the paper's T5 variant, state
 
 
-def test_rms_scaled_steps_follow_the_papers_t5_code():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_rms_scaled_steps_follow_the_papers_t5_code(foreach):
     """`rms_scale=True`: Lion's lr (decay and step) and Sophia's step (not its decay) are multiplied by
     max(1e-3, RMS(p)) - RMS before the step for Lion, after the decay for Sophia - stated here in numpy."""
     p0 = np.array([0.3, -0.2, 0.5, 0.1], dtype=np.float64)
@@ -241,17 +244,18 @@ def test_rms_scaled_steps_follow_the_papers_t5_code():
     rms = lambda x: math.sqrt(float(np.mean(x * x)))  # noqa: E731
 
     p, tiny = nn.Parameter(torch.tensor(p0)), nn.Parameter(torch.tensor(tiny0))
-    lion = Lion([p, tiny], lr=lr, weight_decay=wd, rms_scale=True)
+    lion = Lion([p, tiny], lr=lr, weight_decay=wd, rms_scale=True, foreach=foreach)
     p.grad, tiny.grad = torch.tensor(g), torch.tensor(g_tiny)
     lion.step()
     lr_p = lr * max(1e-3, rms(p0))
     expected = p0 * (1 - lr_p * wd) - lr_p * np.sign(0.1 * g)
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12)
+    # 1e-5 - 1e-5 (1 - 1e-6) cancels to ~1e-11: compare to the rounding of the terms, not of the difference
     np.testing.assert_allclose(tiny.detach().numpy(), tiny0 * (1 - lr * 1e-3 * wd) - lr * 1e-3 * np.sign(g_tiny),
-                               rtol=1e-12)
+                               rtol=1e-12, atol=1e-20)
 
     p = nn.Parameter(torch.tensor(p0))
-    sophia = SophiaG([p], lr=lr, rho=0.04, weight_decay=wd, bs=10, rms_scale=True)
+    sophia = SophiaG([p], lr=lr, rho=0.04, weight_decay=wd, bs=10, rms_scale=True, foreach=foreach)
     p.grad = torch.tensor(g)
     sophia.update_hessian()  # h = 0.01 g^2
     sophia.step()
