@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 from ntng import train
 from ntng.errors import RunError, UsageError
 from ntng.irreducible import IL_MASK_SEED, compute_il_losses, ensure_il_losses, lookup_il_losses
-from ntng.methods import build_method
+from ntng.methods import Run, build_method
 from ntng.methods.rho_loss import select_top_k
 from ntng.methods.selective_backprop import (
     default_history,
@@ -64,8 +63,8 @@ class ChosenStream:
 def stand_in_run(size, loss_of, seed=0):
     preset = get_preset("tiny")
     clock = RSTClock(shipped_table("smoke", "bert"), budget_s=1e9)
-    return SimpleNamespace(model=ChosenLossModel(), clock=clock, batches=ChosenStream(size, loss_of),
-                           amp_dtype=None, seed=seed, preset=preset)
+    return Run(model=ChosenLossModel(), optimizer=None, clock=clock, batches=ChosenStream(size, loss_of),
+               preset=preset, model_name="bert", seed=seed)
 
 
 # --- selective backprop: the rule --------------------------------------------------------------------------

@@ -12,8 +12,9 @@ The loop, per optimizer step:
     optimizer.step(), clock.charge_optimizer(method.rst_optimizer)
     method.end_step(run)                          # e.g. extra passes (Sophia's Hessian estimate)
 
-`build_optimizer` chooses the optimizer. Hooks may charge the clock for extra work (scoring passes at forward
-cost, Hessian passes at forward+backward cost); they never run a loop of their own.
+`build_optimizer` chooses the optimizer. A hook that needs an extra pass of the model runs it through
+`run.forward(batch, kind)`, which charges the clock for it (scoring passes at forward cost, Hessian passes at
+forward+backward cost) before the work; hooks never run a loop of their own.
 
 The loop zeroes gradients in place after each step (re-allocating them costs ~15% of a mini step in page faults),
 so a parameter that took no part in a step holds a zero gradient, not None. A method whose blocks sit out a
@@ -50,11 +51,45 @@ class Run:
     amp_dtype: torch.dtype | None = None  # the loop's autocast precision (None: fp32); extra passes use the same
     extra: dict = field(default_factory=dict)  # per-step values a method wants logged
 
+    # what each kind of pass is charged as: a forward+backward micro-batch, or a forward-only one
+    PASS_UNITS = {"train": "train", "hessian": "train", "scoring": "forward"}
+
+    def forward(self, batch: dict, kind: str = "train", active_layers=None) -> dict:
+        """The one way a pass runs: charge the clock for it (before the work, at the depth that runs), move the
+        batch to the model's device, run the model under the loop's autocast and return its output dict.
+
+        kind "train" and "hessian" (Sophia's estimate) are charged as forward+backward micro-batches and return an
+        output to back-propagate; "scoring" (batch selection) as a forward-only pass, run without gradients. A
+        method that runs the model any other way does unpaid work."""
+        if kind not in self.PASS_UNITS:
+            raise ValueError(f"unknown kind of pass {kind!r} (choose from {', '.join(self.PASS_UNITS)})")
+        model = self.model
+        depth = model.num_layers if active_layers is None else len(active_layers)
+        if self.PASS_UNITS[kind] == "train":
+            self.clock.charge_train(depth, kind=kind)
+        else:
+            self.clock.charge_forward(depth, kind=kind)
+        device = next(model.parameters()).device
+        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.set_grad_enabled(kind != "scoring" and torch.is_grad_enabled()), torch.autocast(
+                device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return model(moved, active_layers=active_layers)
+
 
 class Method:
-    """The baseline's behaviour; methods override what they change."""
+    """The baseline's behaviour; methods override what they change.
+
+    A method names itself and describes itself for the records (config.json's `method_meta`), which is all the
+    report and the book read: `label` (how tables and legends name it), `family` (its book chapter: `dynamic`,
+    `selection`, `optimizers`, or any other, shown under "Other methods"), the survey's `component` and `action`
+    (Blalock et al.), `card`, and `extra_work` (below)."""
 
     name = "baseline"
+    label = ""  # how the report names it; "" = the name with spaces
+    family = ""  # the book chapter it belongs to; "" = none (the baseline)
+    component = "-"  # the survey's component: model | data | optimization
+    action = "-"  # the survey's action: remove | restrict | reorder | replace | retrofit
+    summary = ""  # what it does, in a few words
     card = ""  # a short method card (what, where from, hyper-parameters, survey category), shown in the book
     # The part of the training windows the method trains on by default ("full"; RHO-LOSS: "rho_main", the 80% that
     # its irreducible-loss model did not see). See `ntng.splits`.
@@ -80,6 +115,13 @@ class Method:
     def settings(self) -> dict:
         """Method hyper-parameters, recorded in config.json."""
         return {}
+
+    @classmethod
+    def meta(cls) -> dict:
+        """What the records say about the method (config.json `method_meta`)."""
+        return {"name": cls.name, "label": cls.label or cls.name.replace("_", " "), "family": cls.family,
+                "component": cls.component, "action": cls.action, "summary": cls.summary,
+                "extra_work": list(cls.extra_work), "class": f"{cls.__module__}:{cls.__qualname__}"}
 
     def prepare(self, spec, log) -> dict:
         """Before the run is built: make what the method needs from outside the run (RHO-LOSS: its irreducible-

@@ -14,16 +14,9 @@ from ..batches import concat_batches, take_rows
 from .base import Run
 
 
-@torch.no_grad()
 def score_examples(run: Run, batch: dict) -> torch.Tensor:
     """Per-sequence losses [B] (float32, CPU) of the current model at full depth, charged as one scoring pass."""
-    model = run.model
-    run.clock.charge_forward(model.num_layers, kind="scoring")
-    device = next(model.parameters()).device
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        losses = model(moved)["per_example_loss"]
-    return losses.float().cpu()
+    return run.forward(batch, kind="scoring")["per_example_loss"].float().cpu()
 
 
 class ExampleQueue:

@@ -60,16 +60,13 @@ def sampled_label_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat, labels)
 
 
-def hessian_pass(run: Run, micro_batches: int, grad_clip: float, amp_dtype: torch.dtype | None) -> None:
+def hessian_pass(run: Run, micro_batches: int, grad_clip: float) -> None:
     """One Hessian estimate: `micro_batches` micro-batches from the training stream, each charged (kind
     'hessian', full depth) before its forward+backward; then the optimizer folds the gradient in and the
     gradients are zeroed in place."""
-    model, device = run.model, next(run.model.parameters()).device
+    model = run.model
     for _ in range(micro_batches):
-        batch = {k: v.to(device, non_blocking=True) for k, v in run.batches.next().items()}
-        run.clock.charge_train(model.num_layers, kind="hessian")
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(batch)["logits"]
+        logits = run.forward(run.batches.next(), kind="hessian")["logits"]
         (sampled_label_loss(logits) / micro_batches).backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -80,6 +77,11 @@ def hessian_pass(run: Run, micro_batches: int, grad_clip: float, amp_dtype: torc
 class Sophia(Method):
     extra_work = ("hessian",)
     name = "sophia"
+    label = "Sophia"
+    family = "optimizers"
+    component = "optimization"
+    action = "replace"
+    summary = "clipped diagonal second-order update"
     card = (
         "**Sophia-G** (Liu et al. 2023, *Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
         "Pre-training*). Replaces AdamW with a clipped, diagonally pre-conditioned sign-momentum step: "
@@ -113,7 +115,6 @@ class Sophia(Method):
         self.bs = sophia_bs(model, preset)
         self.at_start = HESSIAN_AT_START[model]
         self.hessian_grad_clip = r.grad_clip if CLIP_HESSIAN_GRADIENT[model] else 0.0
-        self.amp_dtype: torch.dtype | None = None
         self.counters = {"hessian_updates": 0, "hessian_micro_batches": 0, "clip_fraction_sum": 0.0,
                          "clipped_steps": 0}
 
@@ -132,12 +133,11 @@ class Sophia(Method):
 
     def bind(self, run: Run) -> None:
         check_table_prices(run, self.rst_optimizer, self.name)
-        self.amp_dtype = run.amp_dtype
 
     def begin_step(self, run: Run) -> None:
         if hessian_due(run.step, self.options["hessian_interval"], self.at_start):
             micro_batches = self.options["hessian_micro_batches"]
-            hessian_pass(run, micro_batches, self.hessian_grad_clip, self.amp_dtype)
+            hessian_pass(run, micro_batches, self.hessian_grad_clip)
             self.counters["hessian_updates"] += 1
             self.counters["hessian_micro_batches"] += micro_batches
 
