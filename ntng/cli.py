@@ -25,6 +25,9 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+COMPARE_SEEDS = (0, 1, 2)  # a verdict needs an interval: three seeds unless asked otherwise
+
+
 def one_line(text: str) -> str:
     """`text` with every character that could break or hide a line (newline, NEL, U+2028, other controls) escaped:
     a bad argument is echoed in the error, and the error must stay one line."""
@@ -37,12 +40,13 @@ def _budget(text: str) -> str:
 
 
 def _method(text: str) -> str:
-    """A method or a variant of one (ntng.variants), by its canonical name."""
+    """A method (a built-in, an installed entry point, or module:Class) or a variant of one (ntng.variants), by
+    its canonical name."""
+    from .methods import find_method
     from .variants import parse_variant
 
     variant = parse_variant(text)
-    if variant.method not in METHODS:
-        raise UsageError(f"unknown method {variant.method!r} (choose from {', '.join(METHODS)})")
+    find_method(variant.method)
     return variant.name
 
 
@@ -104,8 +108,9 @@ def build_parser() -> OneLineParser:
                        description="Pre-train one model with one method under an RST budget into a run directory.")
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--method", type=_method, required=True,
-                   help=f"{' | '.join(METHODS)}, or a variant: METHOD+SETTING..., e.g. sophia+free_hessian, "
-                   "lion+lr=0.0003 (its own run directory)")
+                   help=f"{' | '.join(METHODS)}, an installed plug-in (entry point group ntng.methods), "
+                   "module:Class, or a variant: METHOD+SETTING..., e.g. sophia+free_hessian, lion+lr=0.0003 (its "
+                   "own run directory)")
     p.add_argument("--budget", type=_budget, required=True, help="RST budget with a unit: 20s, 10m, 6h")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--seed", type=_seed, default=0)
@@ -114,6 +119,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--rst-table", type=_existing_file, default=None, help="charge with this RST table (JSON)")
     p.add_argument("--free-scoring", action="store_true", help="ablation: selection scoring passes cost no RST")
     p.add_argument("--free-hessian", action="store_true", help="ablation: Sophia's Hessian passes cost no RST")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a method option (lr=0.0003) or a recipe value (recipe.lr=0.002); repeatable. The run is "
+                   "the variant METHOD+KEY=VALUE..., with a run directory of its own")
     p.add_argument("--data-split", choices=("full", "rho_main"), default=None,
                    help="training windows: full, or rho_main (the 80%% RHO-LOSS trains on, for a like-for-like "
                         "baseline); default: the method's own")
@@ -139,6 +147,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
     p.add_argument("--methods", nargs="+", type=_method, default=None,
                    help="default: every method; variants too (selective_backprop+free_scoring ...)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=V1,V2,...", dest="settings",
+                   help="a grid axis: one variant of METHOD per value (lion.lr=3e-4,7e-4,2e-3; "
+                   "baseline.recipe.lr=5e-4,1e-3); repeatable, several keys of one method combine")
     p.add_argument("--ablations", action="store_true",
                    help="add the paper's ablations at the grid's middle budget (BERT): "
                    + ", ".join(ABLATIONS))
@@ -162,6 +173,25 @@ def build_parser() -> OneLineParser:
                        description="Run the preset's grid if missing, then build the HTML book.")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--results", type=Path, default=Path("results"))
+
+    p = sub.add_parser("compare", help="is a method faster than the baseline under the same RST budgets?",
+                       description="Run what is missing of METHOD and of the baseline at the same preset, budgets "
+                       "and seeds (complete runs are reused), then print per model and budget: final loss of each, "
+                       "the paired difference with its 95%% interval, the smallest difference these seeds could "
+                       "detect, the time-to-target speed-up and a verdict (faster / slower / no detectable "
+                       "difference). --claim 2x tests a stated speed-up (one-sided, p < 0.01). Exit 0 whatever the "
+                       "verdict.")
+    p.add_argument("--method", type=_method, required=True,
+                   help="a method, an installed plug-in, module:Class, or a variant (METHOD+KEY=VALUE...)")
+    p.add_argument("--model", nargs="+", choices=MODELS, default=["bert"], dest="models")
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--budgets", nargs="+", type=_budget, default=None, help="default: the preset's three")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=None, help="default: 0 1 2")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a method option or recipe.FIELD value; repeatable")
+    p.add_argument("--claim", default=None, help="a speed-up to test, e.g. 2x")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--jobs", type=_positive_int, default=1, help="cells at once")
     return parser
 
 
@@ -197,8 +227,10 @@ def cmd_calibrate(args) -> int:
 
 def cmd_pretrain(args) -> int:
     from .train import pretrain
+    from .variants import with_settings
 
-    summary = pretrain(model=args.model, method=args.method, budget=args.budget, preset=args.preset,
+    method = with_settings(args.method, args.settings)
+    summary = pretrain(model=args.model, method=method, budget=args.budget, preset=args.preset,
                        seed=args.seed, out_dir=args.out, resume=args.resume, rst_table=args.rst_table,
                        free_scoring=args.free_scoring, free_hessian=args.free_hessian, data_split=args.data_split,
                        log=lambda m: print(f"ntng pretrain: {m}", flush=True))
@@ -225,8 +257,10 @@ def cmd_finetune(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .grid import format_table, sweep
+    from .variants import expand_settings
 
-    rows = sweep(preset=args.preset, models=args.models, methods=args.methods, budgets=args.budgets,
+    methods = expand_settings(args.methods or list(METHODS), args.settings) if args.settings else args.methods
+    rows = sweep(preset=args.preset, models=args.models, methods=methods, budgets=args.budgets,
                  seeds=args.seeds, executor=args.executor, ray_address=args.ray_address, jobs=args.jobs,
                  results=args.results, finetune=True if args.finetune == [] else args.finetune,  # bare: all
                  ablations=args.ablations, log=lambda m: print(f"ntng sweep: {m}", flush=True))
@@ -235,6 +269,18 @@ def cmd_sweep(args) -> int:
     if bad:
         print(f"{PROG}: error: {bad} of {len(rows)} cells failed or diverged (see the table)", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, format_comparison, parse_claim
+
+    parse_claim(args.claim)  # a bad claim is refused before anything runs
+    result = compare(args.method, models=args.models, budgets=args.budgets,
+                     seeds=args.seeds if args.seeds is not None else COMPARE_SEEDS, preset=args.preset,
+                     settings=args.settings, claim=args.claim, results=args.results, jobs=args.jobs,
+                     log=lambda m: print(f"ntng compare: {m}", flush=True))
+    print(format_comparison(result), flush=True)
     return 0
 
 
@@ -255,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
-                "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep}[args.command](args)
+                "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep,
+                "compare": cmd_compare}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -42,7 +42,7 @@ from .errors import RunError, UsageError
 from .presets import METHODS, MODELS, format_budget, get_preset, parse_budget
 from .progress import Bar
 from .records import RunDir
-from .variants import ABLATION_MODELS, ABLATIONS, base_method, parse_variant
+from .variants import ABLATION_MODELS, ABLATIONS, base_method, parse_variant, run_name
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pretrain.ipynb"
 FINETUNE_NOTEBOOK = NOTEBOOK.with_name("finetune.ipynb")
@@ -52,7 +52,8 @@ LOCK_NAME = ".sweep.lock"
 PARTIAL_NOTEBOOK = ".notebook-running-{}.ipynb"
 NOTEBOOK_FAILED = "the run completed, but its notebook failed: "
 # Environment a cell's kernel needs from the sweep's (Ray workers on other machines do not inherit it).
-FORWARDED_ENV = ("NTNG_PRESETS_FILE", "NTNG_PRECISION", "NTNG_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+FORWARDED_ENV = ("NTNG_PRESETS_FILE", "NTNG_PRECISION", "NTNG_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                 "PYTHONPATH")  # PYTHONPATH: where a plug-in method given as module:Class is found
 KERNEL_START_TIMEOUT_S = 300  # papermill's default (60 s) is short for several kernels importing torch on 2 cores
 
 
@@ -79,7 +80,7 @@ def plan_grid(preset: str, models, methods, budgets, seeds, results: Path) -> li
     """Every cell in grid order (models, methods, budgets, seeds); duplicates (e.g. 60s and 1m) once. A method
     may be a variant (`ntng.variants`): its run directory is named by the variant."""
     names = _unique(format_budget(parse_budget(b)) for b in budgets)
-    return [Cell(m, meth, b, s, Path(results) / preset / m / meth / b / f"seed{s}")
+    return [Cell(m, meth, b, s, Path(results) / preset / m / run_name(meth) / b / f"seed{s}")
             for m in models for meth in methods for b in names for s in seeds]
 
 
@@ -97,13 +98,15 @@ def plan_ablations(preset: str, models, budgets, seeds, results: Path) -> list[C
 
 
 def check_methods(methods) -> list[str]:
-    """Methods and variants by their canonical names (`sophia+free_hessian`); unknown methods are refused. A
-    variant's settings are checked by each cell (a setting a method does not take fails that cell alone)."""
+    """Methods and variants by their canonical names (`sophia+free_hessian`); a method no one can find (a
+    built-in, an entry point, module:Class) is refused. A variant's settings are checked by each cell (a setting
+    a method does not take fails that cell alone)."""
+    from .methods import find_method
+
     out = []
     for text in _check_list("methods", methods):
         variant = parse_variant(text)
-        if variant.method not in METHODS:
-            raise UsageError(f"unknown method {variant.method!r} (choose from {', '.join(METHODS)})")
+        find_method(variant.method)
         out.append(variant.name)
     return _unique(out)
 

@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -22,15 +22,15 @@ import torch
 from . import data as data_mod
 from .batches import BatchStream, make_collator
 from .errors import RunError, UsageError
-from .methods import Method, Run, build_method
+from .methods import Method, Run, build_method, find_method
 from .models import build_model, count_parameters, model_config_dict
-from .presets import METHODS, MODELS, Preset, format_budget, get_preset, parse_budget
+from .presets import MODELS, Preset, format_budget, get_preset, parse_budget
 from .progress import Bar
 from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
 from .schedules import SCHEDULES
 from .splits import DATA_SPLITS, select_split
-from .variants import RUN_FLAGS, parse_variant, variant_name
+from .variants import RECIPE_PREFIX, RUN_FLAGS, parse_variant, variant_name
 
 # a run's bar counts RST seconds of the budget, not steps (a step's cost varies with the method)
 RST_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} s RST [{elapsed}<{remaining}]"
@@ -58,13 +58,16 @@ class PretrainSpec:
     method_options: dict
     data_split: str  # which training windows the run sees (ntng.splits.DATA_SPLITS)
     variant: str = ""  # the method with its settings (ntng.variants), e.g. "sophia+free_hessian"; names the run
+    method_spec: str = ""  # how the method was found: a built-in's or entry point's name, or module:Class
+    recipe_overrides: dict = field(default_factory=dict)  # recipe.FIELD settings, already applied to `preset`
 
     def identity(self) -> dict:
         """What must match for --resume to continue this run."""
         return {"model": self.model, "method": self.method, "budget_rst_s": self.budget_rst_s,
                 "preset": self.preset.name, "seed": self.seed, "rst_table": self.table.name,
                 "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
-                "method_options": self.method_options, "data_split": self.data_split}
+                "method_options": self.method_options, "data_split": self.data_split,
+                **({"recipe_overrides": self.recipe_overrides} if self.recipe_overrides else {})}
 
 
 def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int, results: Path | str = "results"):
@@ -83,9 +86,8 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
     parsed = parse_variant(method)
-    method = parsed.method
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    method_spec = parsed.method
+    method = find_method(method_spec).name  # a plug-in runs (and is recorded) under the name it gives itself
     flags = parsed.run_flags()
     free_scoring = bool(free_scoring or flags.get("free_scoring", False))
     free_hessian = bool(free_hessian or flags.get("free_hessian", False))
@@ -96,13 +98,17 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
                              f"and {value!r})")
         method_options[key] = value
     preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
-    method_obj = build_method(method, model, preset_obj, **method_options)  # validates its settings now
+    recipe_overrides = parsed.recipe_overrides()
+    if recipe_overrides:
+        preset_obj = with_recipe(preset_obj, model, recipe_overrides)
+    method_obj = build_method(method_spec, model, preset_obj, **method_options)  # validates its settings now
     for flag, on in (("free_scoring", free_scoring), ("free_hessian", free_hessian)):
         if on and RUN_FLAGS[flag] not in method_obj.extra_work:
             raise UsageError(f"{flag}: method {method} does no {RUN_FLAGS[flag]} passes, so there is nothing to "
                              f"make free")
     variant = variant_name(method, {**method_options, **{k: True for k, on in (
-        ("free_scoring", free_scoring), ("free_hessian", free_hessian)) if on}})
+        ("free_scoring", free_scoring), ("free_hessian", free_hessian)) if on},
+        **{f"{RECIPE_PREFIX}{k}": v for k, v in recipe_overrides.items()}})
     if data_split is None:
         data_split = method_obj.data_split
     if data_split not in DATA_SPLITS:
@@ -129,7 +135,8 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
                         seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
                         free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
-                        method_options=method_options, data_split=data_split, variant=variant)
+                        method_options=method_options, data_split=data_split, variant=variant,
+                        method_spec=method_spec, recipe_overrides=recipe_overrides)
     run_dir = RunDir(out)
     if resume:
         if not run_dir.config_path.exists():
@@ -146,6 +153,35 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     elif run_dir.summary_path.exists() or run_dir.checkpoint_path.exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     return spec
+
+
+def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
+    """`preset` with the model's training recipe changed by `overrides` (field -> value); bad fields or values
+    are refused (UsageError)."""
+    import dataclasses
+
+    recipe = preset.recipe(model)
+    fields = {f.name: f for f in dataclasses.fields(recipe)}
+    changes = {}
+    for name, value in overrides.items():
+        if name not in fields:
+            raise UsageError(f"recipe.{name}: the training recipe has no field {name!r} (it has "
+                             f"{', '.join(fields)})")
+        current = getattr(recipe, name)
+        if isinstance(current, (bool, str)):
+            ok = type(value) is type(current)
+        elif isinstance(current, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(current)
+            value = tuple(value) if ok else value
+        elif isinstance(current, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:  # floats, and optional numbers (None = the default rule)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise UsageError(f"recipe.{name} = {value!r} does not fit the recipe's {name} ({current!r})")
+        changes[name] = value
+    key = "bert_recipe" if model == "bert" else "t5_recipe"
+    return dataclasses.replace(preset, **{key: dataclasses.replace(recipe, **changes)})
 
 
 def _jsonish(obj):
@@ -254,7 +290,7 @@ class Trainer:
         preset, model_name = spec.preset, spec.model
         self.shape = preset.shape(model_name)
         self.recipe = preset.recipe(model_name)
-        self.method: Method = build_method(spec.method, model_name, preset, **spec.method_options)
+        self.method: Method = build_method(spec.method_spec or spec.method, model_name, preset, **spec.method_options)
         self.schedule = SCHEDULES[self.recipe.schedule]
         self.prepared = self.method.prepare(spec, log)  # e.g. RHO-LOSS's IL model: built once, reported apart
 
@@ -325,7 +361,7 @@ class Trainer:
             "free_scoring": spec.free_scoring, "free_hessian": spec.free_hessian,
             "data_split": spec.data_split, "data_split_means": DATA_SPLITS[spec.data_split],
             "recipe": asdict(self.recipe), "method_settings": self.method.settings(),
-            "method_card": self.method.card,
+            "method_card": self.method.card, "method_meta": self.method.meta(), "method_spec": spec.method_spec,
             "shape": asdict(self.shape), "preset_full": spec.preset.to_dict(),
             "model_config": model_config_dict(self.run.model),
             "data": {"dir": str(spec.data_dir), "corpus": spec.corpus,
@@ -407,10 +443,7 @@ class Trainer:
             batch = method.next_microbatch(run)
             layers = method.active_layers(run)
             depth = run.model.num_layers if layers is None else len(layers)
-            clock.charge_train(depth)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                out = run.model(_to_device(batch, self.device), active_layers=layers)
+            out = run.forward(batch, kind="train", active_layers=layers)  # charged at `depth` before it runs
             (out["loss"] / accum).backward()
             loss_sum += out["loss"].detach()
             layers_in_step += depth

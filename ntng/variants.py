@@ -5,8 +5,11 @@ is switched on), in sorted order: `selective_backprop+free_scoring`, `sophia+fre
 `lion+lr=0.0003+weight_decay=0.2`. It names the run directory (results/<preset>/<model>/<variant>/<budget>/seed<k>)
 and the runs' rows in the report, so the paper's ablations (Section 5.4: batch selection with scoring not charged;
 Section 6.1: Sophia with free Hessian passes) sit beside the charged runs, and any grid over settings is a set of
-variants. A setting is either a run flag (`free_scoring`, `free_hessian`: the RST clock does not charge that kind
-of extra work) or one of the method's own options (`ntng.methods.base.take_options`).
+variants. A setting is a run flag (`free_scoring`, `free_hessian`: the RST clock does not charge that kind of extra
+work), one of the method's own options (`ntng.methods.base.take_options`), or `recipe.FIELD`, a value of the model's
+training recipe (`ntng.presets.Recipe`: `baseline+recipe.lr=0.002`). `--set KEY=VALUE` on the command line adds
+settings to a method (`with_settings`); in a sweep, `--set METHOD.KEY=V1,V2,...` makes a grid axis
+(`expand_settings`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ RUN_FLAGS = {"free_scoring": "scoring", "free_hessian": "hessian"}  # flag -> th
 # the paper's ablations, run by `ntng book` at the preset's middle budget (BERT, where the paper ran them)
 ABLATIONS = ("selective_backprop+free_scoring", "rho_loss+free_scoring", "sophia+free_hessian")
 ABLATION_MODELS = ("bert",)
-_KEY = re.compile(r"[a-z][a-z0-9_]*")
+_KEY = re.compile(r"(recipe\.)?[a-z][a-z0-9_]*")  # a method option, or recipe.FIELD (ntng.presets.Recipe)
+RECIPE_PREFIX = "recipe."
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,11 @@ class Variant:
         return {k: bool(v) for k, v in self.settings if k in RUN_FLAGS}
 
     def method_options(self) -> dict:
-        return {k: v for k, v in self.settings if k not in RUN_FLAGS}
+        return {k: v for k, v in self.settings if k not in RUN_FLAGS and not k.startswith(RECIPE_PREFIX)}
+
+    def recipe_overrides(self) -> dict:
+        """`recipe.lr=0.002` -> {"lr": 0.002}: the model's training recipe changed for this run."""
+        return {k[len(RECIPE_PREFIX):]: v for k, v in self.settings if k.startswith(RECIPE_PREFIX)}
 
 
 def format_value(value) -> str:
@@ -107,6 +115,63 @@ def parse_variant(text: str) -> Variant:
         if isinstance(settings[key], list):
             settings[key] = tuple(settings[key])
     return Variant(method, tuple(sorted(settings.items())))
+
+
+def run_name(text: str) -> str:
+    """The name a method or variant runs and is recorded under: a plug-in given as `module:Class` goes by the
+    name its class gives itself (`mypkg.wsd:WSD+lr=0.001` -> `wsd+lr=0.001`)."""
+    from .methods import find_method
+
+    variant = parse_variant(text)
+    return variant_name(find_method(variant.method).name, dict(variant.settings))
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` -> (KEY, VALUE text)."""
+    key, has_value, value = str(text).partition("=")
+    if not has_value or not key or not value:
+        raise UsageError(f"bad --set {text!r}: expected KEY=VALUE, e.g. lr=0.0003 or recipe.lr=0.002")
+    return key.strip(), value.strip()
+
+
+def with_settings(method: str, assignments) -> str:
+    """A method (or variant) with `--set KEY=VALUE` assignments added: `lion`, [lr=3e-4] -> `lion+lr=0.0003`."""
+    variant = parse_variant(method)
+    settings = dict(variant.settings)
+    for text in assignments or ():
+        key, raw = parse_assignment(text)
+        added = parse_variant(f"{variant.method}+{key}={raw}").settings[0][1]
+        if key in settings and settings[key] != added:
+            raise UsageError(f"setting {key} is given twice with different values")
+        settings[key] = added
+    return variant_name(variant.method, settings)
+
+
+def expand_settings(methods: list[str], assignments) -> list[str]:
+    """A sweep's grid axes: `--set METHOD.KEY=V1,V2` gives METHOD one variant per value (several keys: every
+    combination); a method named by no assignment stays as it is. A key must name a method of the grid."""
+    import itertools
+
+    axes: dict[str, list[tuple[str, list[str]]]] = {}
+    # the longest matching method first: a plug-in's module:Class may itself hold dots
+    grid_methods = sorted({parse_variant(m).method for m in methods}, key=len, reverse=True)
+    for text in assignments or ():
+        key, raw = parse_assignment(text)
+        scope = next((m for m in grid_methods if key.startswith(m + ".") and len(key) > len(m) + 1), None)
+        if scope is None:
+            raise UsageError(f"bad --set {text!r} in a sweep: expected METHOD.KEY=V1,V2 with METHOD one of the "
+                             f"grid's methods ({', '.join(sorted(grid_methods))}), e.g. lion.lr=3e-4,7e-4")
+        axes.setdefault(scope, []).append((key[len(scope) + 1:], raw.split(",")))
+    out = []
+    for method in methods:
+        base = parse_variant(method).method
+        if base not in axes:
+            out.append(method)
+            continue
+        keys = [k for k, _ in axes[base]]
+        for values in itertools.product(*(v for _, v in axes[base])):
+            out.append(with_settings(method, [f"{k}={v}" for k, v in zip(keys, values, strict=True)]))
+    return list(dict.fromkeys(out))
 
 
 def base_method(name: str) -> str:

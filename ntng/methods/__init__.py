@@ -1,14 +1,24 @@
 """Efficient-training methods as plug-ins to the one training loop (`ntng.train`).
 
 Each method is a module with a pure, verb-named functional core and a thin `Method` subclass around it; the loop
-calls the hooks of `ntng.methods.base.Method` and nothing else. A method that is not implemented yet is refused
-with a clear error, never silently replaced by the baseline.
+calls the hooks of `ntng.methods.base.Method` and nothing else. A method is found by name (`find_method`):
+
+1. the built-in methods of the study (`BUILTINS`);
+2. the entry-point group `ntng.methods` of any installed package (`name = "package.module:Class"`);
+3. `module:Class`, imported as written (a plain string, so it travels to papermill kernels and Ray workers).
+
+A method class names itself (`name`) and carries what the records need (label, family, survey component and action,
+card, extra work): the loop writes them into config.json, so nothing else in the package has to know the method.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
+from importlib import metadata
+
 from ..errors import UsageError
-from ..presets import METHODS
 from .base import Method, Run
 from .baseline import Baseline
 from .layer_dropping import LayerDropping
@@ -18,22 +28,77 @@ from .rho_loss import RhoLoss
 from .selective_backprop import SelectiveBackprop
 from .sophia import Sophia
 
-REGISTRY: dict[str, type[Method]] = {"baseline": Baseline, "layer_stacking": LayerStacking,
-                                     "layer_dropping": LayerDropping, "selective_backprop": SelectiveBackprop,
-                                     "rho_loss": RhoLoss, "lion": Lion, "sophia": Sophia}
+BUILTINS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia)}
+ENTRY_POINT_GROUP = "ntng.methods"
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+# the hooks a method may override, each called with (self, run) by the loop
+HOOKS = ("bind", "begin_step", "next_microbatch", "active_layers", "before_update", "end_step")
 
-# methods of the study whose module has not landed yet, and the issue that brings each (none left)
-PENDING: dict[str, str] = {}
-assert set(REGISTRY) | set(PENDING) == set(METHODS) and not set(REGISTRY) & set(PENDING)
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def method_names() -> list[str]:
+    """Every method found by name: the built-ins, then the installed packages' entry points."""
+    return [*BUILTINS, *(n for n in _entry_points() if n not in BUILTINS)]
+
+
+def check_method_class(cls, spec: str) -> type[Method]:
+    """A usable plug-in: a Method subclass that names itself and whose hooks take the loop's arguments."""
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise UsageError(f"method {spec!r} is not a subclass of ntng.methods.base.Method")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UsageError(f"method {spec!r} must set its own `name` (lower case, digits, _), got {name!r}")
+    if name in BUILTINS and BUILTINS[name] is not cls:
+        raise UsageError(f"method {spec!r} calls itself {name!r}, the name of a built-in method")
+    for hook in HOOKS:
+        function = getattr(cls, hook)
+        try:
+            inspect.signature(function).bind(None, None)  # (self, run)
+        except TypeError:
+            raise UsageError(f"method {spec!r}: hook {hook}{inspect.signature(function)} must take (self, run)") \
+                from None
+    return cls
+
+
+def find_method(spec: str) -> type[Method]:
+    """The method class a name or `module:Class` stands for; UsageError when none does."""
+    spec = str(spec)
+    if spec in BUILTINS:
+        return BUILTINS[spec]
+    points = _entry_points()
+    if spec in points:
+        try:
+            cls = points[spec].load()
+        except Exception as exc:  # a broken plug-in is the user's input, not our crash
+            raise UsageError(f"method {spec!r} (entry point {points[spec].value}) cannot be loaded: "
+                             f"{type(exc).__name__}: {exc}") from None
+        return check_method_class(cls, spec)
+    if _SPEC.fullmatch(spec):
+        module_name, class_name = spec.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise UsageError(f"method {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+        if not hasattr(module, class_name):
+            raise UsageError(f"method {spec!r}: {module_name} has no {class_name}")
+        return check_method_class(getattr(module, class_name), spec)
+    raise UsageError(f"unknown method {spec!r} (choose from {', '.join(method_names())}, or give module:Class)")
 
 
 def build_method(name: str, model: str, preset, **options) -> Method:
     """The method's hook object, its settings validated now (not when its schedule first fires)."""
-    if name in PENDING:
-        raise UsageError(f"method {name!r} is not implemented yet: it arrives with {PENDING[name]}")
-    if name not in REGISTRY:
-        raise UsageError(f"unknown method {name!r} (choose from {', '.join(METHODS)})")
-    return REGISTRY[name](model=model, preset=preset, **options)
+    cls = find_method(name)
+    try:
+        return cls(model=model, preset=preset, **options)
+    except UsageError:
+        raise
+    except TypeError as exc:  # an option the method does not take
+        raise UsageError(f"method {cls.name}: {exc}") from None
 
 
-__all__ = ["Method", "Run", "build_method", "REGISTRY", "PENDING"]
+__all__ = ["Method", "Run", "build_method", "find_method", "method_names", "BUILTINS", "HOOKS"]

@@ -7,6 +7,11 @@ from .base import Method
 
 class Baseline(Method):
     name = "baseline"
+    label = "baseline"
+    family = ""
+    component = "-"
+    action = "-"
+    summary = "AdamW on a schedule that decays fully by the end of the budget"
     card = (
         "**Baseline.** BERT: AdamW (lr 1e-3, betas 0.9/0.98, eps 1e-12, weight decay 0.01 except biases and "
         "LayerNorm, clipping 0.5) with a one-cycle triangle (0 -> peak at half the budget -> 0 at the end). "

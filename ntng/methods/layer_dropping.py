@@ -58,6 +58,11 @@ def expected_depth(theta: float, num_layers: int) -> float:
 
 class LayerDropping(Method):
     name = "layer_dropping"
+    label = "layer dropping"
+    family = "dynamic"
+    component = "model"
+    action = "remove"
+    summary = "skip blocks at random, deeper ones more often"
     card = __doc__.split("Method card\n-----------\n", 1)[1]
 
     def __init__(self, model: str, preset: Preset, theta_bar: float = THETA_BAR, gamma_factor: float | None = None,

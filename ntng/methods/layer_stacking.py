@@ -37,6 +37,11 @@ def stacking_depth(fraction: float, num_layers: int, points: tuple[float, ...] =
 
 class LayerStacking(Method):
     name = "layer_stacking"
+    label = "layer stacking"
+    family = "dynamic"
+    component = "model"
+    action = "restrict"
+    summary = "train a shallow stack, then grow it by copying blocks"
     card = __doc__.split("Method card\n-----------\n", 1)[1]
 
     def __init__(self, model: str, preset: Preset, points: tuple[float, ...] = DOUBLING_POINTS):

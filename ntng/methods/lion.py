@@ -32,6 +32,11 @@ def check_betas(method: str, betas) -> None:
 
 class Lion(Method):
     name = "lion"
+    label = "Lion"
+    family = "optimizers"
+    component = "optimization"
+    action = "replace"
+    summary = "sign-of-momentum update"
     card = (
         "**Lion** (Chen et al. 2023, *Symbolic Discovery of Optimization Algorithms*). Replaces AdamW with a "
         "sign-of-momentum update: p <- p (1 - lr wd); p <- p - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g, "

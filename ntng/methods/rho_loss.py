@@ -33,6 +33,11 @@ def select_top_k(reducible_losses: torch.Tensor, k: int) -> torch.Tensor:
 class RhoLoss(Method):
     extra_work = ("scoring",)
     name = "rho_loss"
+    label = "RHO-LOSS"
+    family = "selection"
+    component = "data"
+    action = "restrict"
+    summary = "train on examples with high reducible loss"
     data_split = "rho_main"
     requires_data_split = True
     card = (

@@ -49,6 +49,11 @@ def default_history(micro_batch: int) -> int:
 class SelectiveBackprop(Method):
     extra_work = ("scoring",)
     name = "selective_backprop"
+    label = "selective backprop"
+    family = "selection"
+    component = "data"
+    action = "restrict"
+    summary = "back-propagate only high-loss examples"
     card = (
         "Selective backprop (Jiang et al. 2019): score each candidate micro-batch with a no-grad forward pass, keep "
         "an example with probability percentile(loss)^scale within the recent loss history (5000 losses at the "

@@ -1,0 +1,89 @@
+"""`--set`: settings from the command line as variants (pretrain), grid axes of variants (sweep), and recipe values
+(`recipe.FIELD`) changed for one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ntng.errors import UsageError
+from ntng.train import pretrain, resolve
+from ntng.variants import expand_settings, with_settings
+
+
+def test_settings_join_the_method_as_a_variant():
+    assert with_settings("lion", ["lr=3e-4"]) == "lion+lr=0.0003"
+    assert with_settings("lion+weight_decay=0.2", ["lr=3e-4"]) == "lion+lr=0.0003+weight_decay=0.2"
+    assert with_settings("baseline", ["recipe.lr=2e-3"]) == "baseline+recipe.lr=0.002"
+    assert with_settings("sophia", []) == "sophia"
+    for bad in (["lr"], ["=1"], ["lr="], ["lr=x"], ["LR=1"]):
+        with pytest.raises(UsageError):
+            with_settings("lion", bad)
+    with pytest.raises(UsageError, match="twice"):
+        with_settings("lion+lr=0.001", ["lr=0.002"])
+
+
+def test_a_sweep_setting_is_a_grid_axis_of_its_method():
+    got = expand_settings(["baseline", "lion", "sophia"],
+                          ["lion.lr=3e-4,7e-4,2e-3", "baseline.recipe.lr=5e-4,1e-3"])
+    assert got == ["baseline+recipe.lr=0.0005", "baseline+recipe.lr=0.001", "lion+lr=0.0003", "lion+lr=0.0007",
+                   "lion+lr=0.002", "sophia"]
+    two_keys = expand_settings(["lion"], ["lion.lr=1e-3,2e-3", "lion.weight_decay=0,0.1"])
+    assert len(two_keys) == 4 and "lion+lr=0.002+weight_decay=0.1" in two_keys
+    plugin = expand_settings(["plugin_methods:FreezeEmbeddings"], ["plugin_methods:FreezeEmbeddings.fraction=0.1,0.3"])
+    assert plugin == ["plugin_methods:FreezeEmbeddings+fraction=0.1", "plugin_methods:FreezeEmbeddings+fraction=0.3"]
+    for bad in (["lr=1e-3"], ["sophia.lr=1e-3"], ["lion.=1"]):
+        with pytest.raises(UsageError):
+            expand_settings(["baseline", "lion"], bad)
+
+
+def test_a_recipe_value_changes_the_run_and_names_it(built_fixture, tmp_path):
+    data_dir, _ = built_fixture
+    spec = resolve("bert", "baseline+recipe.lr=0.002+recipe.grad_clip=1", "1s", "tiny", data_dir=data_dir,
+                   out_dir=tmp_path / "run")
+    assert spec.preset.bert_recipe.lr == 0.002 and spec.preset.bert_recipe.grad_clip == 1.0
+    assert spec.preset.t5_recipe.lr == 2e-2  # only the run's model's recipe
+    assert spec.variant == "baseline+recipe.grad_clip=1+recipe.lr=0.002"
+    assert spec.identity()["recipe_overrides"] == {"lr": 0.002, "grad_clip": 1}
+    # a method's default that comes from the recipe follows it
+    assert resolve("bert", "lion+recipe.lion_lr=0.001", "1s", "tiny", data_dir=data_dir,
+                   out_dir=tmp_path / "l").preset.bert_recipe.lion_lr == 0.001
+    for bad in ("baseline+recipe.nosuch=1", "baseline+recipe.eval_points=0.5", "baseline+recipe.betas=0.9"):
+        with pytest.raises(UsageError):
+            resolve("bert", bad, "1s", "tiny", data_dir=data_dir, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    summary = pretrain(model="bert", method="baseline+recipe.lr=0.002", budget="1s", preset="tiny",
+                       data_dir=data_dir, out_dir=tmp_path / "trained", log=lambda m: None)
+    config = json.loads((tmp_path / "trained" / "config.json").read_text())
+    assert summary["status"] == "complete" and config["recipe"]["lr"] == 0.002
+    assert config["variant"] == "baseline+recipe.lr=0.002"
+
+
+def test_the_cli_takes_set_and_refuses_bad_keys_with_one_line(built_fixture, tmp_path):
+    data_dir, _ = built_fixture
+    env = {"NTNG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    import os
+
+    env["NTNG_PRESETS_FILE"] = os.environ["NTNG_PRESETS_FILE"]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ntng.cli", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+
+    for args in (["pretrain", "--model", "bert", "--method", "lion", "--set", "nosuch=1", "--budget", "1s",
+                  "--preset", "tiny"],
+                 ["pretrain", "--model", "bert", "--method", "lion", "--set", "lr", "--budget", "1s",
+                  "--preset", "tiny"],
+                 ["sweep", "--preset", "tiny", "--methods", "lion", "--set", "lr=1e-3"]):
+        proc = cli(*args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("ntng: error:"), args
+    assert not (tmp_path / "results").exists()
+    proc = cli("pretrain", "--model", "bert", "--method", "lion", "--set", "lr=0.002", "--budget", "1s",
+               "--preset", "tiny")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "results" / "tiny" / "bert" / "lion+lr=0.002" / "1s" / "seed0" /
+                         "config.json").read_text())
+    assert config["method_settings"]["lr"] == 0.002
