@@ -21,7 +21,7 @@ _LAZY = {
     "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
     "build_model": "models", "pretrain": "train", "calibrate": "calibration", "read_metrics": "records",
     "build_book": "book", "load_runs": "report",
-    "sweep": "grid",
+    "sweep": "grid", "compare": "compare",
     "finetune": "downstream",
     "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
 }
@@ -36,4 +36,4 @@ def __getattr__(name):
 
 __all__ = ["NtngError", "RunError", "UsageError", "METHODS", "MODELS", "PRESETS", "get_preset", "parse_budget",
            "build_data", "load_packed", "load_task", "load_tokenizer", "build_model", "pretrain", "calibrate",
-           "read_metrics", "sweep", "finetune"]
+           "read_metrics", "sweep", "finetune", "compare"]
