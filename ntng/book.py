@@ -85,8 +85,58 @@ def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) ->
         for chapter in toc["chapters"]:
             if chapter.get("file") == "book/appendix":
                 chapter["sections"] = sections
+    families = stage_families(stage, results, preset)
+    at = next(i for i, c in enumerate(toc["chapters"]) if c.get("file") == FAMILY_TEMPLATE)
+    toc["chapters"][at:at + 1] = [{"file": f} for f in families]
     toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
     return len(sections)
+
+
+FAMILY_TEMPLATE = "book/family"  # the _toc entry the family chapters replace
+_BLOCK = re.compile(r"<!-- only: (?P<name>\w+) -->\n(?P<body>.*?)<!-- end: (?P=name) -->\n", re.S)
+
+
+def family_blocks(table, family: str) -> set[str]:
+    """Which optional sections a family's chapter shows: `layers` when its runs ran another depth than the
+    baseline's full stack, `keep` when they report a keep rate (batch selection)."""
+    from .report import family_methods
+
+    runs = table.runs[table.runs["method"].isin(family_methods(table, family))]
+    shown = set()
+    if "stat.keep_rate" in runs.columns and runs["stat.keep_rate"].notna().any():
+        shown.add("keep")
+    # depth: the active layers its runs logged step by step, against the most the baseline ran on that model
+    steps = table.metrics(["baseline", *family_methods(table, family)]).dropna(subset=["active_layers"])
+    if len(steps):
+        full = steps[steps["method"] == "baseline"].groupby("model")["active_layers"].max().to_dict()
+        own = steps[steps["method"] != "baseline"]
+        if any(abs(float(d) - full.get(m, -1.0)) > 1e-9 for m, d in zip(own["model"], own["active_layers"],
+                                                                        strict=True)):
+            shown.add("layers")
+    return shown
+
+
+def stage_families(stage: Path, results: Path, preset: str) -> list[str]:
+    """One chapter per family in the records (the study's three always, then any other), each from the one
+    template book/family.md; returns their toc entries."""
+    import yaml
+
+    from .report import FAMILY_NAMES, families_present, load_runs
+
+    table = load_runs(results, preset)
+    pages = yaml.safe_load((stage / "book" / "families.yml").read_text())
+    template = (stage / "book" / "family.md").read_text()
+    entries = []
+    for family in dict.fromkeys([*FAMILY_NAMES, *families_present(table)]):
+        page = pages.get(family) or {k: v.format(family=family.replace("_", " ")) for k, v in pages["_other"].items()}
+        shown = family_blocks(table, family)
+        text = _BLOCK.sub(lambda m, shown=shown: m["body"] if m["name"] in shown else "", template)
+        text = text.replace("@TITLE@", page["title"]).replace("@INTRO@", page["intro"]).replace("@FAMILY@", family)
+        (stage / "book" / f"family-{family}.md").write_text(text)
+        entries.append(f"book/family-{family}")
+    (stage / "book" / "family.md").unlink()
+    (stage / "book" / "families.yml").unlink()
+    return entries
 
 
 def records_fingerprint(results: Path, preset: str) -> str:

@@ -17,26 +17,35 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .presets import METHODS
+from . import report
 from .report import label, method_order, sort_frame
 from .variants import base_method
 
 BASELINE_COLOR = "black"
-_PALETTE = dict(zip([m for m in METHODS if m != "baseline"], sns.color_palette("colorblind", 6), strict=True))
-_BASE_PALETTE = {"baseline": BASELINE_COLOR, **_PALETTE}
+COLOURS = sns.color_palette("colorblind", 10)
+
+
+def colour(method: str):
+    """The baseline is black; every other method takes the next colour of the colorblind palette in the study's
+    order of the methods the records hold (`report.method_order`); a variant takes its method's colour, darkened,
+    so it reads as that method's sibling."""
+    base = base_method(method)
+    if base == "baseline":
+        own = BASELINE_COLOR
+    else:
+        known = sorted({m for m in report.METHOD_META if m != "baseline"} | {base}, key=method_order)
+        own = COLOURS[known.index(base) % len(COLOURS)]
+    return own if method == base else tuple(0.55 * c for c in matplotlib.colors.to_rgb(own))
 
 
 class _Palette(dict):
-    """Method -> colour. A variant takes its method's colour, darkened, so it reads as that method's sibling."""
+    """Method -> colour, computed on first use (`colour`)."""
 
     def __missing__(self, method: str):
-        base = _BASE_PALETTE.get(base_method(method), "grey")
-        colour = base if method == base_method(method) else tuple(0.55 * c for c in matplotlib.colors.to_rgb(base))
-        self[method] = colour
-        return colour
+        return colour(method)
 
 
-PALETTE = _Palette(_BASE_PALETTE)
+PALETTE = _Palette()
 
 
 def palette_for(methods) -> dict:

@@ -29,53 +29,58 @@ from .variants import base_method, describe
 KEYS = ["model", "method", "budget", "budget_rst_s", "seed"]
 RST_PARTS = ("train", "scoring", "hessian", "optimizer")
 
-# The survey's taxonomy (Blalock et al.): the component a method acts on and the kind of action it takes.
-FAMILIES = {
-    "dynamic": ("dynamic architectures", ("layer_stacking", "layer_dropping")),
-    "selection": ("batch selection", ("selective_backprop", "rho_loss")),
-    "optimizers": ("efficient optimizers", ("lion", "sophia")),
-}
-TAXONOMY = {  # method -> (component, action, what it does)
-    "baseline": ("-", "-", "AdamW on a schedule that decays fully by the end of the budget"),
-    "layer_stacking": ("model", "restrict", "train a shallow stack, then grow it by copying blocks"),
-    "layer_dropping": ("model", "remove", "skip blocks at random, deeper ones more often"),
-    "selective_backprop": ("data", "restrict", "back-propagate only high-loss examples"),
-    "rho_loss": ("data", "restrict", "train on examples with high reducible loss"),
-    "lion": ("optimization", "replace", "sign-of-momentum update"),
-    "sophia": ("optimization", "replace", "clipped diagonal second-order update"),
-}
-LABELS = {"baseline": "baseline", "layer_stacking": "layer stacking", "layer_dropping": "layer dropping",
-          "selective_backprop": "selective backprop", "rho_loss": "RHO-LOSS", "lion": "Lion", "sophia": "Sophia"}
+# The book's chapters by family, in the study's order; a family the records name but this does not know is a chapter
+# of its own under "Other methods". What a method is (label, family, survey component and action) is read from the
+# records' config.json `method_meta`, written by the method itself (ntng.methods.base.Method.meta).
+FAMILY_NAMES = {"dynamic": "dynamic architectures", "selection": "batch selection",
+                "optimizers": "efficient optimizers"}
+OTHER_METHODS = "Other methods"
+# what the records loaded last say about each method (run name -> method_meta); filled by `load_runs`
+METHOD_META: dict[str, dict] = {}
 
 # two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30; beyond that a Cornish-Fisher expansion
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def method_meta(method: str) -> dict:
+    """What the records say about a method (or the method a variant varies); {} when they say nothing."""
+    return METHOD_META.get(method) or METHOD_META.get(base_method(method)) or {}
+
+
 def family_of(method: str) -> str | None:
     """The family of a method or of a variant of it (`sophia+free_hessian` is an efficient optimizer)."""
-    base = base_method(method)
-    return next((f for f, (_, methods) in FAMILIES.items() if base in methods), None)
+    return method_meta(method).get("family") or None
+
+
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, f"{OTHER_METHODS}: {family.replace('_', ' ')}")
 
 
 def label(method: str) -> str:
     """A method's label; a variant's adds its settings: 'selective backprop (free scoring)'."""
     base = base_method(method)
     settings = describe(method) if method != base else ""
-    return LABELS.get(base, base) + (f" ({settings})" if settings else "")
+    return (method_meta(base).get("label") or base.replace("_", " ")) + (f" ({settings})" if settings else "")
 
 
 def method_order(method: str) -> tuple:
-    """Sort key: the study's order of methods (METHODS), each method's variants right after it."""
+    """Sort key: the study's methods in its order (METHODS), then others by name; a variant after its method."""
     base = base_method(method)
     return (METHODS.index(base) if base in METHODS else len(METHODS), base, method != base, method)
 
 
+def families_present(table) -> list[str]:
+    """The families of the methods in the records: the study's first, in its order, then the others by name."""
+    found = {family_of(m) for m in (set(table.runs["method"]) if len(table.runs) else ())} - {None}
+    known = [f for f in FAMILY_NAMES if f in found]
+    return known + sorted(found - set(FAMILY_NAMES))
+
+
 def family_methods(table, family: str) -> list[str]:
-    """A family's methods and every variant of them found in the records, in `method_order`."""
+    """A family's methods and their variants, as the records name them, in `method_order`."""
     present = set(table.runs["method"]) if len(table.runs) else set()
-    members = set(FAMILIES[family][1]) | {m for m in present if base_method(m) in FAMILIES[family][1]}
-    return sorted(members, key=method_order)
+    return sorted((m for m in present if family_of(m) == family), key=method_order)
 
 
 def t_quantile_975(df: int) -> float:
@@ -151,12 +156,14 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
     row = {"model": config["model"], "method": config.get("variant") or config["method"],
            "base_method": config["method"], "budget": format_budget(budget_s),
            "budget_rst_s": budget_s, "seed": int(config["seed"]), "status": status,
-           "family": family_of(config["method"]), "rst_s": _finite(summary.get("rst_s")),
+           "family": (config.get("method_meta") or {}).get("family") or None,
+           "rst_s": _finite(summary.get("rst_s")),
            "wall_s": _finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
            "final_val_loss": _finite(summary.get("final_val_loss")) if status == "complete" else math.nan,
            "error": summary.get("error") or "", "rst_table": (config.get("rst_table") or {}).get("name", ""),
            "free_scoring": bool(config.get("free_scoring")), "free_hessian": bool(config.get("free_hessian")),
-           "method_card": config.get("method_card") or "", "run_dir": str(run_dir),
+           "method_card": config.get("method_card") or "", "method_meta": config.get("method_meta") or {},
+           "run_dir": str(run_dir),
            "has_notebook": (run_dir / "notebook.ipynb").is_file(),
            "data_split": summary.get("data_split") or config.get("data_split") or "full"}
     il_model = summary.get("il_model")  # RHO-LOSS: its IL model's own cost, reported apart from the budget
@@ -275,6 +282,8 @@ def load_runs(results: str | Path = "results", preset: str = "smoke") -> RunTabl
             bad.append((str(run_dir), exc.file, exc.reason))
             continue
         rows.append(row)
+        if row["method_meta"]:
+            METHOD_META[row["base_method"]] = row["method_meta"]
         curves.extend(curve)
         metrics[row["run_dir"]] = frame
         ft_rows, ft_bad = _read_finetune(run_dir, {k: row[k] for k in KEYS})
@@ -565,16 +574,19 @@ def trend_sentences(table: RunTable, methods) -> list[str]:
 
 
 def taxonomy_table(table: RunTable) -> pd.DataFrame:
+    """The methods in the records (not their variants), as they describe themselves: family, the survey's component
+    and action, what they do, and how many runs each has here."""
     counts = table.runs["method"].value_counts() if len(table.runs) else pd.Series(dtype=int)
     bad = pd.Series([Path(d).parts[-3] for d, f, _ in table.unreadable if not f.startswith("finetune/")],
                     dtype=object).value_counts()
     rows = []
-    for method in METHODS:
-        family = family_of(method)
-        component, action, what = TAXONOMY[method]
+    methods = sorted({base_method(m) for m in counts.index}, key=method_order)
+    for method in methods:
+        meta = method_meta(method)
         runs = int(counts.get(method, 0))
-        rows.append({"family": FAMILIES[family][0] if family else "baseline", "method": LABELS[method],
-                     "component": component, "action": action, "what it does": what,
+        rows.append({"family": family_name(meta["family"]) if meta.get("family") else "baseline",
+                     "method": label(method), "component": meta.get("component", "-"),
+                     "action": meta.get("action", "-"), "what it does": meta.get("summary", ""),
                      "runs here": f"{runs}" + (f" (+{int(bad[method])} unreadable)" if method in bad.index else "")})
     return pd.DataFrame(rows)
 
@@ -620,20 +632,13 @@ def records_html(table: RunTable, methods=None) -> str:
 
 def family_overview(table: RunTable, family: str) -> str:
     """Generated opening of a family chapter: what ran, or plainly that nothing did; the methods' cards."""
-    name, family_members = FAMILIES[family]
     methods = family_methods(table, family)
-    present = table.methods_present(methods)
-    labels = " and ".join(LABELS[m] for m in family_members)
-    if not present:
-        return (f"**No runs of {labels} under `{table.root}`**, so this chapter has no results. Run them with "
-                f"`ntng sweep --preset {table.preset} --results {table.results} --methods baseline "
-                f"{' '.join(family_members)}`.")
+    if not methods:
+        return (f"**No runs of {family_name(family)} under `{table.root}`**, so this chapter has no results. Run "
+                f"them with `ntng sweep --preset {table.preset} --results {table.results}`.")
     lines = []
     for method in methods:
         runs = table.runs[table.runs["method"] == method]
-        if runs.empty:
-            lines.append(f"- **{label(method)}**: no runs under `{table.root}`.")
-            continue
         status = ", ".join(f"{n} {s}" for s, n in sorted(runs["status"].value_counts().items()))
         lines.append(f"- **{label(method)}**: {len(runs)} runs ({status}) over "
                      f"{', '.join(sorted(set(runs['model'])))} at budgets "
@@ -641,10 +646,10 @@ def family_overview(table: RunTable, family: str) -> str:
     if "baseline" not in set(table.runs.get("method", [])):
         lines.append(f"- **baseline**: no runs under `{table.root}`: nothing to compare with.")
     cards = []
-    for method in (m for m in present if m == base_method(m)):  # a variant shares its method's card
+    for method in (m for m in methods if m == base_method(m)):  # a variant shares its method's card
         card = next((c for c in table.runs[table.runs["method"] == method]["method_card"] if c), "")
         if card:
-            cards.append(f"**{LABELS[method]}** (method card, as recorded in the runs' config.json): "
+            cards.append(f"**{label(method)}** (method card, as recorded in the runs' config.json): "
                          + " ".join(card.split()))
     return "\n".join(lines) + ("\n\n" + "\n\n".join(cards) if cards else "")
 

@@ -48,6 +48,20 @@ def final_loss(method: str, budget_s: float, seed: int) -> float:
 
 VARIANT = "selective_backprop+free_scoring"  # the paper's ablation: its gap is DELTA[VARIANT]
 DELTA[VARIANT] = 0.12
+PLUGIN = "freeze_embeddings"  # a method from outside ntng, in a family the book does not know
+DELTA[PLUGIN] = 0.02
+PLUGIN_META = {"name": PLUGIN, "label": "frozen embeddings", "family": "warm_start", "component": "model",
+               "action": "restrict", "summary": "no update to the input embeddings early in the budget",
+               "extra_work": [], "class": "plugin_methods:FreezeEmbeddings"}
+
+
+def method_meta(method: str) -> dict:
+    """config.json's method_meta, as the loop writes it from the method class."""
+    if method == PLUGIN:
+        return PLUGIN_META
+    from ntng.methods import BUILTINS
+
+    return BUILTINS[method].meta()
 
 
 def curve(budget_s: float, final: float) -> list[tuple[float, float]]:
@@ -66,7 +80,7 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
     if status != "complete":
         points = points[:4]
         steps = 6
-    config = {"model": model, "method": base, "variant": method, "preset": PRESET, "seed": seed, "budget": budget,
+    config = {"model": model, "method": base, "variant": method, "method_meta": method_meta(base), "preset": PRESET, "seed": seed, "budget": budget,
               "budget_rst_s": budget_s, "rst_table": {"name": f"smoke-{model}-AMD_EPYC"},
               "method_card": CARD.get(base, ""), "precision": "bfloat16",
               "versions": {"ntng": "0.1.0", "torch": "2.13.0"},
@@ -135,6 +149,8 @@ def write_results(root: Path) -> dict:
                                    0.60)
     for seed in (0, 1):  # an ablation at the middle budget, beside its charged method
         write_run(root, "bert", VARIANT, "10s", seed, stats={"keep_rate": 0.5}, notebook=seed == 0)
+    for seed in (0, 1):
+        write_run(root, "bert", PLUGIN, "5s", seed)
     write_run(root, "t5", "baseline", "5s", 0)
     write_run(root, "t5", "lion", "5s", 0)
     write_run(root, "bert", "rho_loss", "5s", 0, status="diverged")

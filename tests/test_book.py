@@ -14,7 +14,7 @@ import synthetic_results as syn
 import yaml
 from headless_chromium import Browser, find_chromium
 
-from ntng.book import ROOT, build_book
+from ntng.book import build_book
 
 # every <img> settled (loaded or failed), then naturalWidth per image
 IMAGES_JS = """(async () => {
@@ -54,8 +54,9 @@ def book(tmp_path_factory):
         yield {"index": index, "results": results, "written": written, "browser": browser}
 
 
-def _chapters() -> list[str]:
-    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+def _chapters(index: Path) -> list[str]:
+    """The built book's chapters, from the table of contents `ntng book` staged (one chapter per family)."""
+    toc = yaml.safe_load((index.parent.parent / "source" / "book" / "_toc.yml").read_text())
     return [toc["root"]] + [c["file"] for c in toc["chapters"]]
 
 
@@ -72,7 +73,10 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
     assert redirect and redirect.group(1) == "book/intro.html"
     start = _visit(browser, (book["index"].parent / redirect.group(1)).as_uri())
     pages = list(dict.fromkeys(u.split("#")[0] for u in start["nav"]))
-    chapters = {c: f"/{c}.html" for c in _chapters()}
+    chapters = {c: f"/{c}.html" for c in _chapters(book["index"])}
+    # the study's three families, and the plug-in's own under "Other methods"
+    assert [c for c in chapters if "family-" in c] == ["book/family-dynamic", "book/family-selection",
+                                                       "book/family-optimizers", "book/family-warm_start"]
     for chapter, suffix in chapters.items():
         assert any(u.endswith(suffix) for u in pages) or chapter == "book/intro", f"{chapter} not in the navigation"
     runs = [u for u in pages if "/book/runs/" in u]
@@ -91,11 +95,13 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
         # the navigation reaches every chapter from every page
         assert all(any(u.split("#")[0].endswith(s) for u in page["nav"] + [url]) for s in chapters.values())
     figures_per_page = {c: max((len(p["images"]) for u, p in visited.items() if u.endswith(f"/{c}.html")),
-                               default=0) for c in _chapters()}
-    for chapter in ("book/rst", "book/dynamic", "book/selection", "book/optimizers", "book/downstream"):
+                               default=0) for c in _chapters(book["index"])}
+    for chapter in ("book/rst", "book/family-dynamic", "book/family-selection", "book/family-optimizers",
+                    "book/family-warm_start", "book/downstream"):
         assert figures_per_page[chapter] >= 1, f"{chapter} has no figure"
-    assert figures_per_page["book/dynamic"] >= 6  # curves, final, difference, speed-up, wall, active layers
-    assert figures_per_page["book/selection"] >= 6  # ... and keep rates
+    assert figures_per_page["book/family-dynamic"] >= 6  # curves, final, difference, speed-up, wall, active layers
+    assert figures_per_page["book/family-selection"] >= 6  # ... and keep rates (no active layers there)
+    assert figures_per_page["book/family-optimizers"] == 5
     assert all(len(visited[u]["images"]) >= 1 for u in runs), "an executed notebook lost its image output"
 
 
@@ -140,7 +146,7 @@ def test_introduction_table_matches_the_run_directories(book):
 
 def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds(book):
     browser, results = book["browser"], book["results"]
-    browser.open((book["index"].parent / "book" / "selection.html").as_uri())
+    browser.open((book["index"].parent / "book" / "family-selection.html").as_uri())
     tables = browser.evaluate(TABLE_JS)
     table = next(t for t in tables if t and "final val loss [95% CI]" in t[0])
     rows = {(r[0], r[1], r[2]): dict(zip(table[0], r, strict=True)) for r in table[1:]}
@@ -152,6 +158,9 @@ def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds
     assert row["vs baseline [95% CI]"].startswith(f"{diff:+.3f}")
     labels = [r[1] for r in table[1:]]
     assert labels.index("selective backprop (free scoring)") > labels.index("selective backprop")
+    browser.open((book["index"].parent / "book" / "family-warm_start.html").as_uri())
+    text = browser.evaluate(TEXT_JS)
+    assert "Other methods: warm start" in text and "frozen embeddings" in text
     browser.open((book["index"].parent / "book" / "departures.html").as_uri())
     text = browser.evaluate(TEXT_JS)
     from ntng.departures import DEPARTURES
@@ -163,8 +172,8 @@ def test_a_family_without_runs_says_so(tmp_path):
     syn.write_run(results, "bert", "baseline", "5s", 0)
     syn.write_run(results, "bert", "lion", "5s", 0)
     index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=tmp_path / "out", log=print)
-    html = (index.parent / "book" / "dynamic.html").read_text()
-    assert "No runs of layer stacking and layer dropping" in html
+    html = (index.parent / "book" / "family-dynamic.html").read_text()
+    assert "No runs of dynamic architectures" in html
     assert "No fine-tuning results" in (index.parent / "book" / "downstream.html").read_text()
 
 

@@ -81,7 +81,7 @@ def synthetic(tmp_path_factory):
 def test_load_runs_keeps_failures_and_lists_damaged_records(synthetic):
     root, written, table = synthetic
     statuses = table.runs.groupby("status").size().to_dict()
-    assert statuses == {"complete": 40, "diverged": 1, "failed": 1}
+    assert statuses == {"complete": 42, "diverged": 1, "failed": 1}
     listed = {(str(report.Path(d).relative_to(root / syn.PRESET)), f) for d, f, _ in table.unreadable}
     assert listed == set(written["unreadable"].items())
     reasons = {f: r for _, f, r in table.unreadable}
@@ -145,7 +145,7 @@ def test_empty_results_give_empty_tables(tmp_path):
     table = report.load_runs(tmp_path, "smoke")
     assert table.runs.empty and not table.unreadable
     assert report.results_table(table).empty and report.final_loss_table(table.runs).empty
-    assert "No runs of layer stacking and layer dropping" in report.family_overview(table, "dynamic")
+    assert "No runs of dynamic architectures" in report.family_overview(table, "dynamic")
     assert "no readable runs" in report.overview_text(table)
 
 
