@@ -20,16 +20,14 @@ from pathlib import Path
 import torch
 
 from .batches import make_collator
+from .device import autocast_dtype, describe_machine, pick_device
 from .errors import UsageError
-from .methods import build_method
+from .methods import build_method, method_names
 from .models import build_model
 from .optim import build_optimizer
 from .presets import MODELS, get_preset
 from .records import write_json
 from .rst import TABLE_FORMAT, table_from_dict
-from .train import autocast_dtype, describe_machine, pick_device
-
-OPTIMIZER_METHODS = ("lion", "sophia")  # methods that bring their own optimizer, each timed under its rst_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -133,9 +131,13 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
     # them (Sophia: the step only; its Hessian passes are charged as forward+backward micro-batches)
     optimizers = {"adamw": build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps,
                                            recipe.weight_decay)}
-    for method in OPTIMIZER_METHODS:
-        hooks = build_method(method, model, preset_obj)
-        optimizers[hooks.rst_optimizer] = hooks.build_optimizer(net)
+    for method in method_names():  # every registered method that brings an optimizer of its own
+        try:
+            hooks = build_method(method, model, preset_obj)
+        except UsageError:  # a method that cannot run at this preset has no step to price here
+            continue
+        if hooks.rst_optimizer not in optimizers:
+            optimizers[hooks.rst_optimizer] = hooks.build_optimizer(net)
 
     def optimizer_step(optimizer):
         def run():

@@ -427,7 +427,7 @@ def make_downstream_model(model_name: str, backbone, encoded: Encoded, recipe: F
 def fit_task(model_name: str, backbone, encoded: Encoded, recipe: FinetuneRecipe, metric: str, seed: int,
              log: Log = print, label: str = "") -> FitResult:
     """Fine-tune `backbone` (consumed) on one encoded task; the head and data order are seeded by `seed`."""
-    from .train import autocast_dtype, pick_device
+    from .device import autocast_dtype, pick_device
 
     torch.manual_seed(seed)
     model = make_downstream_model(model_name, backbone, encoded, recipe)
@@ -463,8 +463,8 @@ def finetune(run_dir: str | Path, tasks=None, data_dir: str | Path | None = None
     """Fine-tune a complete pre-training run on `tasks` (default: the offline suite); returns {task: result},
     the content of DIR/finetune/<task>.json. `recipe` overrides the preset's FinetuneRecipe (or some fields of
     it); `floor_dir` is where random-initialisation floors are cached (default <data dir>/finetune-floors)."""
+    from .device import autocast_dtype, pick_device
     from .models import build_model
-    from .train import autocast_dtype, pick_device
 
     run = inspect_run(run_dir, data_dir)
     names = check_tasks(tasks)

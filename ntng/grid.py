@@ -1,6 +1,6 @@
 """The grid: models x methods x budgets x seeds, each cell one papermill execution of notebooks/pretrain.ipynb.
 
-A cell runs `python -m papermill` in a subprocess into its run directory (CONTRACT.md:
+A cell runs `python -m papermill` in a subprocess into its run directory (docs/records.md:
 results/<preset>/<model>/<method>/<budget>/seed<k>/) and keeps the executed notebook there as notebook.ipynb.
 summary.json is the source of truth for what a directory holds:
 

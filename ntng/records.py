@@ -1,4 +1,4 @@
-"""A run directory: config.json, metrics.csv, summary.json, checkpoint.pt (see CONTRACT.md).
+"""A run directory: config.json, metrics.csv, summary.json, checkpoint.pt (docs/records.md).
 
 Every whole-file write goes to a temporary name and is renamed into place, so a reader (or a resume after a kill)
 sees either the old file or the new one, never half of one. metrics.csv is appended row by row; a resume first

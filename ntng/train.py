@@ -2,29 +2,30 @@
 
 `pretrain(...)` validates everything first (bad input -> UsageError, nothing written), then trains until the RST
 clock reaches the budget, evaluating the validation loss at fixed fractions of the budget (evaluation costs no
-RST) and writing the run directory of CONTRACT.md. Methods change training only through the hooks of
+RST) and writing the run directory of docs/records.md. Methods change training only through the hooks of
 `ntng.methods.base.Method`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from . import data as data_mod
 from .batches import BatchStream, make_collator
+from .device import autocast_dtype, describe_machine, package_versions, pick_device
 from .errors import RunError, UsageError
 from .methods import Method, Run, build_method, find_method
 from .models import build_model, count_parameters, model_config_dict
 from .presets import MODELS, Preset, format_budget, get_preset, parse_budget
+from .pricing import estimated_price
 from .progress import Bar
 from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
@@ -217,56 +218,6 @@ def check_table_fits(table: RSTTable, model: str, preset: Preset) -> None:
                          f"{preset.name} trains {model} on micro-batches of {shape.micro_batch}")
 
 
-# --- device and precision --------------------------------------------------------------------------------
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively (elsewhere bf16 autocast is emulated and slower)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively, else fp32 (None). NTNG_PRECISION=fp32 forces fp32."""
-    if os.environ.get("NTNG_PRECISION", "").lower() == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def describe_machine(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device.type}
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
-def package_versions() -> dict:
-    versions = {}
-    for name in ("ntng", "torch", "transformers", "tokenizers", "datasets", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 # --- the loop --------------------------------------------------------------------------------------------
 
 def _tokens_per_sequence(model: str, preset: Preset) -> int:
@@ -292,7 +243,7 @@ class Trainer:
         self.recipe = preset.recipe(model_name)
         self.method: Method = build_method(spec.method_spec or spec.method, model_name, preset, **spec.method_options)
         self.schedule = SCHEDULES[self.recipe.schedule]
-        self.prepared = self.method.prepare(spec, log)  # e.g. RHO-LOSS's IL model: built once, reported apart
+        self.prepared = self.method.prepare(spec, log, pretrain=pretrain)  # e.g. RHO-LOSS's IL model: built once, reported apart
 
         tokenizer = data_mod.load_tokenizer(model_name, preset.vocab_size, spec.data_dir, spec.corpus)
         self.vocab_size = tokenizer.get_vocab_size()
@@ -310,6 +261,13 @@ class Trainer:
         clock = RSTClock(spec.table, spec.budget_rst_s, free=free)
         self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
                        model_name=model_name, amp_dtype=self.amp_dtype, seed=spec.seed)
+        # an optimizer step the table does not price (a plug-in's own optimizer): an estimate, measured once
+        self.rst_estimates: dict = {}
+        key = self.method.rst_optimizer
+        if key not in spec.table.optimizer:
+            price = estimated_price(spec.table, key, self.method, model_name, preset, spec.data_dir, log)
+            self.rst_estimates[key] = price
+            clock.table = dataclasses.replace(spec.table, optimizer={**spec.table.optimizer, key: price["seconds"]})
         self.method.bind(self.run)  # may reshape the model (e.g. start stacking from L/4 blocks)
         self.run.optimizer = self.method.build_optimizer(self.run.model)
         self.eval_batches = self._eval_batches(val_windows, val_ids)
@@ -384,6 +342,7 @@ class Trainer:
             "method_stats": {"mean_active_layers": self.layer_sum / max(1, self.run.micro_step),
                              **self.method.stats()},
             "data_split": self.spec.data_split, **self.prepared,
+            **({"rst_estimates": self.rst_estimates} if self.rst_estimates else {}),
         }
         if error:
             out["error"] = error

@@ -65,3 +65,19 @@ class BadHook(Method):
 
 class Impostor(Method):
     name = "lion"
+
+
+class PlainSGD(Method):
+    """An optimizer no RST table prices: its step is charged an estimate (ntng.pricing)."""
+
+    name = "plain_sgd"
+    family = "optimizers"
+
+    @property
+    def rst_optimizer(self) -> str:
+        return "plain_sgd"
+
+    def build_optimizer(self, model):
+        import torch
+
+        return torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)

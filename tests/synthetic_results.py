@@ -1,4 +1,4 @@
-"""A results folder written by hand, shaped like a sweep's (CONTRACT.md), with numbers chosen so every aggregate
+"""A results folder written by hand, shaped like a sweep's (docs/records.md), with numbers chosen so every aggregate
 the book shows can be computed independently in the tests. No training runs.
 
 Curves: val_loss(t) = L0 - (L0 - final) * (t / B) ** 0.5 at t = k B / 10, k = 0..10 (L0 = 7).

@@ -105,3 +105,31 @@ def test_a_plugin_runs_in_the_grid(built_fixture, tmp_path, monkeypatch, executo
     assert row["status"] == "complete", row["error"]
     assert (run_dir / "notebook.ipynb").is_file()
     assert json.loads((run_dir / "config.json").read_text())["method_meta"]["family"] == "warm_start"
+
+
+def test_an_unpriced_optimizer_is_charged_an_estimate_measured_once(built_fixture, tmp_path):
+    """Its step costs the table's AdamW step x the ratio of the two steps measured here; the ratio is cached with
+    the data, so a second run pays exactly the same."""
+    import shutil
+
+    from ntng.pricing import cache_path
+    from ntng.rst import shipped_table
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(built_fixture[0], data_dir)  # its own cache of estimates
+    first = pretrain(model="bert", method="plugin_methods:PlainSGD", budget="1s", preset="tiny", data_dir=data_dir,
+                     out_dir=tmp_path / "one", log=lambda m: None)
+    price = first["rst_estimates"]["plain_sgd"]
+    table = shipped_table("smoke", "bert")
+    assert price["estimate"] is True and price["ratio"] > 0
+    assert price["seconds"] == pytest.approx(table.optimizer_seconds("adamw") * price["ratio"])
+    assert first["rst_breakdown"]["optimizer"] == pytest.approx(first["steps"] * price["seconds"])
+    assert cache_path(data_dir, table.name).is_file()
+    second = pretrain(model="bert", method="plugin_methods:PlainSGD", budget="1s", preset="tiny", data_dir=data_dir,
+                      out_dir=tmp_path / "two", log=lambda m: None)
+    assert second["rst_estimates"]["plain_sgd"] == price
+    assert (second["steps"], second["rst_s"]) == (first["steps"], first["rst_s"])
+    # a table that prices every optimizer charges none by estimate
+    base = pretrain(model="bert", method="lion", budget="1s", preset="tiny", data_dir=data_dir,
+                    out_dir=tmp_path / "lion", log=lambda m: None)
+    assert "rst_estimates" not in base

@@ -11,8 +11,8 @@ import torch
 
 from ntng import train
 from ntng.errors import RunError, UsageError
-from ntng.irreducible import IL_MASK_SEED, compute_il_losses, ensure_il_losses, lookup_il_losses
 from ntng.methods import Run, build_method
+from ntng.methods.irreducible import IL_MASK_SEED, compute_il_losses, ensure_il_losses, lookup_il_losses
 from ntng.methods.rho_loss import select_top_k
 from ntng.methods.selective_backprop import (
     default_history,
@@ -258,7 +258,7 @@ def test_il_losses_line_up_with_ids_after_a_reshuffle(il_model, built_fixture):
     first, tmp, _ = il_model
     spec = train.resolve("bert", "rho_loss", "3s", "tiny", 0, tmp / "unused", data_dir=data_dir,
                          method_options={"il_budget_s": 2.0})
-    ids, losses, info = ensure_il_losses(spec, 2.0, 0, log=lambda m: None)
+    ids, losses, info = ensure_il_losses(spec, 2.0, 0, train.pretrain, log=lambda m: None)
     assert info["reused"] is True and np.all(ids[1:] > ids[:-1])
     from ntng import data as data_mod
     from ntng.batches import make_collator

@@ -62,6 +62,11 @@ def check_method_class(cls, spec: str) -> type[Method]:
         except TypeError:
             raise UsageError(f"method {spec!r}: hook {hook}{inspect.signature(function)} must take (self, run)") \
                 from None
+    try:
+        inspect.signature(cls.prepare).bind(None, None, None, pretrain=None)
+    except TypeError:
+        raise UsageError(f"method {spec!r}: prepare{inspect.signature(cls.prepare)} must take (self, spec, log, "
+                         "pretrain=None)") from None
     return cls
 
 

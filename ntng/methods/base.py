@@ -123,9 +123,10 @@ class Method:
                 "component": cls.component, "action": cls.action, "summary": cls.summary,
                 "extra_work": list(cls.extra_work), "class": f"{cls.__module__}:{cls.__qualname__}"}
 
-    def prepare(self, spec, log) -> dict:
+    def prepare(self, spec, log, pretrain=None) -> dict:
         """Before the run is built: make what the method needs from outside the run (RHO-LOSS: its irreducible-
-        loss model and losses, built once and cached). Returns facts for summary.json, under their own keys."""
+        loss model and losses, built once and cached). `pretrain` is the loop itself (`ntng.train.pretrain`), for a
+        method that trains a model of its own. Returns facts for summary.json, under their own keys."""
         return {}
 
     # --- hooks -------------------------------------------------------------------------------------------

@@ -11,18 +11,9 @@ import torch
 from ..errors import UsageError
 from ..optim import Lion as LionOptimizer
 from ..optim import decay_groups
-from .base import Method, Run, take_options
+from .base import Method, take_options
 
 LION_BETAS = (0.9, 0.99)
-
-
-def check_table_prices(run: Run, optimizer: str, method: str) -> None:
-    """Refuse, before any work, a table that cannot charge this method's optimizer step."""
-    table = run.clock.table
-    if optimizer not in table.optimizer:
-        raise UsageError(f"method {method} needs an optimizer step time for {optimizer!r} in RST table {table.name} "
-                         f"(it has {', '.join(sorted(table.optimizer)) or 'none'}): run `ntng calibrate` and pass "
-                         f"--rst-table")
 
 
 def check_betas(method: str, betas) -> None:
@@ -67,6 +58,3 @@ class Lion(Method):
         o = self.options
         return LionOptimizer(decay_groups(model, o["weight_decay"]), lr=o["lr"], betas=o["betas"],
                              weight_decay=o["weight_decay"], rms_scale=o["rms_scale"])
-
-    def bind(self, run: Run) -> None:
-        check_table_prices(run, self.rst_optimizer, self.name)

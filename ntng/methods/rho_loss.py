@@ -2,7 +2,7 @@
 
 Each optimizer step scores a mega-batch (twice the batch) with the current model and keeps the batch's worth of
 examples with the largest reducible loss, current loss - irreducible loss, where the irreducible loss comes from a
-model of the same architecture trained on a 20% hold-out (`ntng.irreducible`, built once and cached, its cost
+model of the same architecture trained on a 20% hold-out (`ntng.methods.irreducible`, built once and cached, its cost
 reported apart). The run trains on the other 80% ("rho_main" split, `ntng.splits`); IL losses are looked up by
 stable example id, so they stay aligned whatever the data order.
 """
@@ -15,6 +15,7 @@ from ..batches import concat_batches, take_rows
 from ..errors import RunError, UsageError
 from ..presets import parse_budget
 from .base import Method, Run, take_options
+from .irreducible import ensure_il_losses, lookup_il_losses
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
 
@@ -72,11 +73,9 @@ class RhoLoss(Method):
     def settings(self) -> dict:
         return {**self.options, "mega_batch": self.batch * self.options["mega_batch_factor"], "batch": self.batch}
 
-    def prepare(self, spec, log) -> dict:
-        from ..irreducible import ensure_il_losses
-
+    def prepare(self, spec, log, pretrain=None) -> dict:
         self.il_ids, self.il_losses, info = ensure_il_losses(spec, self.options["il_budget_s"],
-                                                             self.options["il_seed"], log)
+                                                             self.options["il_seed"], pretrain, log)
         return {"il_model": info}
 
     def next_microbatch(self, run: Run) -> dict:
@@ -85,8 +84,6 @@ class RhoLoss(Method):
         return self.queue.pop(self.micro_batch)
 
     def _select_batch(self, run: Run) -> None:
-        from ..irreducible import lookup_il_losses
-
         if self.il_ids is None:
             raise RunError("rho_loss has no irreducible losses: the run was not prepared (use ntng.pretrain)")
         candidates = [run.batches.next() for _ in range(self.options["mega_batch_factor"] * self.batch

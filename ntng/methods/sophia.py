@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..optim import SophiaG, decay_groups
 from .base import Method, Run, take_options
-from .lion import check_betas, check_table_prices
+from .lion import check_betas
 
 SOPHIA_BETAS = (0.965, 0.99)
 HESSIAN_AT_START = {"bert": True, "t5": False}  # the paper's BERT loop estimates before update 1, its T5 loop not
@@ -130,9 +130,6 @@ class Sophia(Method):
         o = self.options
         return SophiaG(decay_groups(model, o["weight_decay"]), lr=o["lr"], betas=o["betas"], rho=o["rho"],
                        weight_decay=o["weight_decay"], bs=self.bs, rms_scale=o["rms_scale"])
-
-    def bind(self, run: Run) -> None:
-        check_table_prices(run, self.rst_optimizer, self.name)
 
     def begin_step(self, run: Run) -> None:
         if hessian_due(run.step, self.options["hessian_interval"], self.at_start):

@@ -1,0 +1,77 @@
+"""A price for an optimizer step the RST table does not list (a plug-in method's own optimizer).
+
+The step is priced at the table's AdamW step times the ratio of the two steps' times measured on this machine
+(interleaved rounds, `ntng.calibration.time_rounds`), on the preset's model. The estimate is measured once and cached
+under the data directory, keyed by the table and the optimizer's RST key, so every run charged by that table pays
+the same price for that optimizer; summary.json records it under `rst_estimates`, marked as an estimate. A table
+that prices the optimizer (`ntng calibrate` prices every registered one) is always used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+ESTIMATE_REPEATS, ESTIMATE_WARMUP = 7, 2
+
+
+def cache_path(data_dir: Path, table_name: str) -> Path:
+    return Path(data_dir) / "rst-estimates" / f"{table_name}.json"
+
+
+def measure_step_ratio(method, model_name: str, preset, log=print) -> dict:
+    """Median step time of `method`'s optimizer over the baseline's AdamW / AdamWScale, on the preset's model."""
+    import torch
+
+    from .batches import make_collator
+    from .calibration import time_rounds
+    from .device import autocast_dtype, pick_device
+    from .models import build_model
+    from .optim import build_optimizer
+
+    device = pick_device()
+    amp = autocast_dtype(device)
+    recipe, shape = preset.recipe(model_name), preset.shape(model_name)
+    torch.manual_seed(0)
+    net = build_model(model_name, preset).to(device)
+    collator = make_collator(model_name, preset, preset.vocab_size, seed=0)
+    width = shape.seq_len if model_name == "bert" else collator.raw_len
+    tokens = torch.randint(5, preset.vocab_size - 110, (shape.micro_batch, width),
+                           generator=torch.Generator().manual_seed(0))
+    if model_name == "bert":
+        tokens[:, 0], tokens[:, -1] = 2, 3
+    batch = {k: v.to(device) for k, v in collator(tokens).items()}
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        net(batch)["loss"].backward()
+    optimizers = {"adamw": build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps,
+                                           recipe.weight_decay),
+                  "candidate": method.build_optimizer(net)}
+    timed = time_rounds({k: o.step for k, o in optimizers.items()}, device, ESTIMATE_REPEATS, ESTIMATE_WARMUP)
+    ratio = timed["candidate"]["median"] / timed["adamw"]["median"]
+    log(f"priced the {method.rst_optimizer!r} optimizer step at {ratio:.2f}x AdamW's (measured here)")
+    return {"ratio": ratio, "adamw_s": timed["adamw"]["median"], "candidate_s": timed["candidate"]["median"]}
+
+
+def estimated_price(table, key: str, method, model_name: str, preset, data_dir: Path, log=print) -> dict:
+    """{seconds, ratio, estimate: True, ...} for the optimizer `key` under `table`, from the cache or measured now."""
+    path = cache_path(data_dir, table.name)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if isinstance(cached.get(key), dict) and "seconds" in cached[key]:
+        return cached[key]
+    measured = measure_step_ratio(method, model_name, preset, log)
+    price = {"seconds": table.optimizer_seconds("adamw") * measured["ratio"], "ratio": measured["ratio"],
+             "of": "adamw", "estimate": True, "measured_on": time.strftime("%Y-%m-%d"), "table": table.name,
+             "measured": measured}
+    cached[key] = price
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cached, indent=2) + "\n")
+    os.replace(tmp, path)
+    return price
