@@ -21,7 +21,7 @@ _LAZY = {
     "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
     "build_model": "models", "pretrain": "train", "calibrate": "calibration", "read_metrics": "records",
     "build_book": "book", "load_runs": "report",
-    "sweep": "grid", "compare": "compare",
+    "sweep": "grid", "compare": "comparison",
     "finetune": "downstream",
     "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
 }

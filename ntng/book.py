@@ -88,6 +88,10 @@ def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) ->
     families = stage_families(stage, results, preset)
     at = next(i for i, c in enumerate(toc["chapters"]) if c.get("file") == FAMILY_TEMPLATE)
     toc["chapters"][at:at + 1] = [{"file": f} for f in families]
+    tutorial = tutorial_path(results, preset)
+    if tutorial.is_file():  # executed by `ntng book` (run_tutorial): a chapter after the families
+        shutil.copyfile(tutorial, stage / "book" / TUTORIAL)
+        toc["chapters"].insert(at + len(families), {"file": f"book/{Path(TUTORIAL).stem}"})
     toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
     return len(sections)
 
@@ -137,6 +141,37 @@ def stage_families(stage: Path, results: Path, preset: str) -> list[str]:
     (stage / "book" / "family.md").unlink()
     (stage / "book" / "families.yml").unlink()
     return entries
+
+
+TUTORIAL = "your_method.ipynb"  # notebooks/your_method.ipynb, executed by `ntng book` into results/<preset>/tutorial/
+
+
+def tutorial_path(results: Path, preset: str) -> Path:
+    return Path(results) / preset / "tutorial" / TUTORIAL
+
+
+def run_tutorial(results: Path, preset: str, log=print) -> Path | None:
+    """Execute the tutorial (its own method against the baseline, through `ntng.compare`, at the preset's smallest
+    budget and three seeds) into results/<preset>/tutorial/, unless it ran before. Its runs join the records; a
+    failure is logged and the book is built without the page."""
+    from .presets import get_preset, parse_budget
+
+    out = tutorial_path(results, preset)
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    smallest = min(get_preset(preset).budgets, key=parse_budget)
+    params = {"preset": preset, "budgets": smallest, "seeds": "0,1,2", "results": str(Path(results).resolve())}
+    partial = out.with_name(f".{TUTORIAL}.running")
+    command = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / TUTORIAL), str(partial), "-y",
+               json.dumps(params), "--kernel", "python3", "--no-progress-bar", "--cwd", str(out.parent)]
+    log(f"running the tutorial ({TUTORIAL}: its method against the baseline at {smallest}, seeds 0 1 2)")
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NTNG_PROGRESS": "0"})
+    if proc.returncode != 0:
+        log(f"the tutorial failed; the book is built without it: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        return None
+    os.replace(partial, out)
+    return out
 
 
 def records_fingerprint(results: Path, preset: str) -> str:
@@ -196,6 +231,7 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
         sweep(preset=preset, results=results, finetune=spec.book_finetune_budgets(), jobs=jobs,
               ablations=True, log=log)
+        run_tutorial(results, preset, log=log)
     if calibrate if calibrate is not None else run_grid:
         calibrate_here(results, preset, MODELS, log=log)
 

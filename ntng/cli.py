@@ -273,7 +273,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, format_comparison, parse_claim
+    from .comparison import compare, format_comparison, parse_claim
 
     parse_claim(args.claim)  # a bad claim is refused before anything runs
     result = compare(args.method, models=args.models, budgets=args.budgets,

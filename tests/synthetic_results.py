@@ -119,6 +119,17 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
     return run_dir
 
 
+def write_tutorial(path: Path) -> None:
+    """An executed tutorial notebook, as `ntng book` leaves it (ntng.book.run_tutorial)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Your own method: is it faster under a fair budget?"),
+        nbformat.v4.new_code_cell("print(format_comparison(result))", execution_count=1, outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="freeze_embeddings against the baseline\n")])])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
 def write_finetune(run_dir: Path, task: str, score: float, floor: float) -> None:
     folder = run_dir / "finetune"
     folder.mkdir(exist_ok=True)
@@ -151,6 +162,7 @@ def write_results(root: Path) -> dict:
         write_run(root, "bert", VARIANT, "10s", seed, stats={"keep_rate": 0.5}, notebook=seed == 0)
     for seed in (0, 1):
         write_run(root, "bert", PLUGIN, "5s", seed)
+    write_tutorial(root / PRESET / "tutorial" / "your_method.ipynb")
     write_run(root, "t5", "baseline", "5s", 0)
     write_run(root, "t5", "lion", "5s", 0)
     write_run(root, "bert", "rho_loss", "5s", 0, status="diverged")

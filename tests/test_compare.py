@@ -8,7 +8,7 @@ import math
 import pytest
 import synthetic_results as syn
 
-from ntng import compare as cmp
+from ntng import comparison as cmp
 from ntng import report
 from ntng.errors import UsageError
 
@@ -83,3 +83,28 @@ def test_a_real_comparison_runs_what_is_missing(built_fixture, tmp_path, monkeyp
     (row,) = result.results
     assert row.model == "t5" and row.seeds == 2 and math.isfinite(row.difference)
     assert (tmp_path / "results" / "tiny" / "t5" / "lion+lr=0.001" / "2s" / "seed1" / "summary.json").is_file()
+
+
+def test_the_tutorial_notebook_runs_its_method_against_the_baseline(built_fixture, tmp_path):
+    """notebooks/your_method.ipynb through papermill, as `ntng book` runs it: it writes its method to a module of
+    its own, runs ntng.compare, and its runs land under the method's own name with its metadata."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ntng.book import ROOT, TUTORIAL
+
+    params = {"preset": "tiny", "budgets": "1s", "seeds": "0,1", "results": str(tmp_path / "results"),
+              "data_dir": str(built_fixture[0])}
+    out = tmp_path / "work" / TUTORIAL
+    out.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / TUTORIAL), str(out), "-y",
+                           json.dumps(params), "--kernel", "python3", "--no-progress-bar", "--cwd", str(out.parent)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "freeze_embeddings against the baseline at preset tiny" in text
+    config = json.loads((tmp_path / "results" / "tiny" / "bert" / "freeze_embeddings" / "1s" / "seed1" /
+                         "config.json").read_text())
+    assert config["method_meta"]["family"] == "warm_start" and config["method_spec"] == "my_method:FreezeEmbeddings"

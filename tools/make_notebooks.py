@@ -128,6 +128,64 @@ suites = sorted({r["suite"] for r in results.values()})
 grid.figure.suptitle(f"dev score per epoch: {', '.join(suites)}", y=1.05)
 plt.show()'''),
     ],
+    "your_method.ipynb": [
+        new_markdown_cell("# Your own method: is it faster under a fair budget?\n\n"
+                          "A method is a subclass of `ntng.methods.base.Method` in a module of your own "
+                          "(docs/methods.md has the hook contract). Here: **frozen embeddings**, which keeps the "
+                          "input embeddings out of the update for the first 20% of the RST budget. It changes "
+                          "training through one hook (`before_update`) and does no extra pass, so it pays nothing "
+                          "beyond the baseline's steps. `ntng.compare` runs it and the baseline at the same preset, "
+                          "budgets and seeds, and reads the verdict from the records."),
+        parameters('''
+preset: str = "smoke"  # smoke | a custom preset | paper
+budgets: str = "3s"  # comma-separated RST budgets
+seeds: str = "0,1,2"  # comma-separated seeds: a verdict needs at least two
+results: str = "results"  # where the runs go (complete ones are reused)
+data_dir: str = ""  # data directory; empty: ./data or $NTNG_DATA_DIR
+'''),
+        new_code_cell('''%%writefile my_method.py
+from ntng.methods.base import Method
+
+
+class FreezeEmbeddings(Method):
+    """No update to the input embeddings for the first `fraction` of the RST budget."""
+
+    name = "freeze_embeddings"  # names its run directories
+    label = "frozen embeddings"
+    family = "warm_start"  # a family of its own: the book gives it a chapter under "Other methods"
+    component, action = "model", "restrict"  # the survey's taxonomy
+    summary = "no update to the input embeddings early in the budget"
+
+    def __init__(self, model, preset, fraction: float = 0.2):
+        super().__init__(model, preset)
+        self.fraction = float(fraction)
+
+    def settings(self):
+        return {"fraction": self.fraction}
+
+    def before_update(self, run):
+        if run.clock.budget_fraction < self.fraction:
+            embeddings = run.model.embeddings.word if run.model_name == "bert" else run.model.hf.shared
+            embeddings.weight.grad = None  # left out of this update'''),
+        new_code_cell('''import os
+
+import ntng
+from ntng.comparison import format_comparison
+
+# the grid runs each cell in a kernel of its own: they find my_method.py through PYTHONPATH
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+result = ntng.compare("my_method:FreezeEmbeddings", models=["bert"], budgets=budgets.split(","),
+                      seeds=[int(s) for s in seeds.split(",")], preset=preset, results=results,
+                      data_dir=data_dir or None, jobs=2)
+print(format_comparison(result))'''),
+        new_markdown_cell("Reading the verdict: *faster* / *slower* only when the 95% interval of the paired "
+                          "difference excludes zero; *detectable* is that interval's half-width, the smallest "
+                          "difference these seeds can tell from seed noise. With more seeds (`seeds`) it shrinks. "
+                          "The same from a shell: `ntng compare --method my_method:FreezeEmbeddings --set "
+                          "fraction=0.2 --claim 1.1x` (with the current directory on `PYTHONPATH`)."),
+        new_code_cell('''{(r.model, r.budget): (r.verdict, round(r.difference, 4), round(r.detectable, 4))
+ for r in result.results}'''),
+    ],
 }
 
 
