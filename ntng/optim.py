@@ -47,7 +47,14 @@ def _on_cuda(optimizer: torch.optim.Optimizer) -> bool:
 
 class _PerParameterOptimizer(torch.optim.Optimizer):
     """What AdamWScale and Lion share: the closure, the walk over groups, skipping parameters with no gradient
-    (a block that sat out the step). Subclasses define `_update(p, grad, state, group)`."""
+    (a block that sat out the step), and two implementations of one rule: tensor by tensor (`_update(p, grad,
+    state, group)`, the CPU default) or every tensor of a group at once (`_step_group(group, params)` with
+    torch._foreach_*, the CUDA default: a few kernels, no host sync per tensor). `foreach` forces one."""
+
+    foreach: bool | None = None
+
+    def _uses_foreach(self) -> bool:
+        return self.foreach if self.foreach is not None else _on_cuda(self)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -55,9 +62,13 @@ class _PerParameterOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        foreach = self._uses_foreach()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
+            params = [p for p in group["params"] if p.grad is not None]  # a block that sat out: untouched
+            if foreach and params:
+                self._step_group(group, params)
+            elif not foreach:
+                for p in params:
                     self._update(p, p.grad, self.state[p], group)
         return loss
 
@@ -81,23 +92,6 @@ class AdamWScale(_PerParameterOptimizer):
             raise ValueError(f"bad AdamWScale settings lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.foreach = foreach
-
-    def _uses_foreach(self) -> bool:
-        return self.foreach if self.foreach is not None else _on_cuda(self)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if not self._uses_foreach():
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]  # a block that sat out: untouched
-            if params:
-                self._step_group(group, params)
-        return loss
 
     def _init_state(self, p, state) -> None:
         if not state:
@@ -177,43 +171,29 @@ class Lion(_PerParameterOptimizer):
         super().__init__(params, defaults)
         self.foreach = foreach
 
-    def _uses_foreach(self) -> bool:
-        return self.foreach if self.foreach is not None else _on_cuda(self)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if not self._uses_foreach():
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            grads = [p.grad for p in params]
-            momenta = []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                momenta.append(state["exp_avg"])
-            lr, wd = group["lr"], group["weight_decay"]
-            scales = _rms_scales(params) if group.get("rms_scale") else None  # before the decay, as `_update`
-            if wd != 0.0:
-                if scales is None:
-                    torch._foreach_mul_(params, 1.0 - lr * wd)
-                else:  # p (1 - lr s wd), s on the device
-                    torch._foreach_mul_(params, torch._foreach_add(torch._foreach_mul(scales, -lr * wd), 1.0))
-            directions = torch._foreach_lerp(momenta, grads, 1.0 - beta1)  # b1 m + (1 - b1) g
-            torch._foreach_sign_(directions)
-            if scales is not None:
-                torch._foreach_mul_(directions, scales)
-            torch._foreach_add_(params, directions, alpha=-lr)
-            torch._foreach_lerp_(momenta, grads, 1.0 - beta2)  # m <- b2 m + (1 - b2) g
-        return loss
+    def _step_group(self, group: dict, params: list) -> None:
+        """`_update` for every tensor of a group at once (torch._foreach_*)."""
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        momenta = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p)
+            momenta.append(state["exp_avg"])
+        lr, wd = group["lr"], group["weight_decay"]
+        scales = _rms_scales(params) if group.get("rms_scale") else None  # before the decay, as `_update`
+        if wd != 0.0:
+            if scales is None:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            else:  # p (1 - lr s wd), s on the device
+                torch._foreach_mul_(params, torch._foreach_add(torch._foreach_mul(scales, -lr * wd), 1.0))
+        directions = torch._foreach_lerp(momenta, grads, 1.0 - beta1)  # b1 m + (1 - b1) g
+        torch._foreach_sign_(directions)
+        if scales is not None:
+            torch._foreach_mul_(directions, scales)
+        torch._foreach_add_(params, directions, alpha=-lr)
+        torch._foreach_lerp_(momenta, grads, 1.0 - beta2)  # m <- b2 m + (1 - b2) g
 
     def _update(self, p, grad, state, group) -> None:
         beta1, beta2 = group["betas"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,10 @@ def test_the_cli_takes_set_and_refuses_bad_keys_with_one_line(built_fixture, tmp
     config = json.loads((tmp_path / "results" / "tiny" / "bert" / "lion+lr=0.002" / "1s" / "seed0" /
                          "config.json").read_text())
     assert config["method_settings"]["lr"] == 0.002
+    # a method from outside ntng, by module:Class, on the command line
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    proc = cli("pretrain", "--model", "bert", "--method", "plugin_methods:FreezeEmbeddings", "--set", "fraction=0.5",
+               "--budget", "1s", "--preset", "tiny")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "results" / "tiny" / "bert" / "freeze_embeddings+fraction=0.5" / "1s" / "seed0" /
+            "summary.json").is_file()

@@ -38,11 +38,13 @@ free_hessian: bool = False  # ablation: Sophia's Hessian passes cost no RST
 data_dir: str = ""  # data directory; empty: ./data or $NTNG_DATA_DIR
 data_split: str = ""  # training windows: full | rho_main (RHO-LOSS's 80%); empty: the method's own
 finetune: bool = False  # then fine-tune the complete run on the offline tasks (ntng.finetune) in this kernel
+settings: str = ""  # --set for the notebook: KEY=VALUE pairs separated by spaces, e.g. "lr=0.0003 recipe.grad_clip=1"
 '''),
         new_code_cell('''import ntng
+from ntng.variants import with_settings
 
-summary = ntng.pretrain(model=model, method=method, budget=budget, preset=preset, seed=seed,
-                        out_dir=out_dir or None, resume=resume, rst_table=rst_table or None,
+summary = ntng.pretrain(model=model, method=with_settings(method, settings.split()), budget=budget, preset=preset,
+                        seed=seed, out_dir=out_dir or None, resume=resume, rst_table=rst_table or None,
                         free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir or None,
                         data_split=data_split or None)
 {k: summary[k] for k in ("status", "steps", "rst_s", "wall_s", "tokens", "final_val_loss", "run_dir")}'''),
