@@ -21,8 +21,9 @@ from pathlib import Path
 
 from .errors import RunError, UsageError
 from .presets import MODELS, get_preset
+from .resources import project_root
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout: _config.yml and book/ live here
+ROOT = project_root()  # the checkout, or the copy inside an installed package: _config.yml and book/ live here
 SOURCES = ("_config.yml", "book")
 CALIBRATION_REPEATS = 2  # a quick table of this machine for the RST chapter (the shipped tables used 7)
 
@@ -40,7 +41,7 @@ def check_sources(root: Path = ROOT) -> None:
     missing = [name for name in (*SOURCES, "book/_toc.yml") if not (root / name).exists()]
     if missing:
         raise UsageError(f"the book's sources are not here ({', '.join(str(root / m) for m in missing)} missing): "
-                         "`ntng book` runs from a checkout of the project")
+                         "run `ntng book` from a checkout, or install ntng from a wheel (it ships them)")
 
 
 def run_notebooks(results: Path, preset: str) -> list[Path]:
@@ -212,12 +213,12 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
 
     run_grid: run the preset's grid first (`ntng.grid.sweep`, which skips complete runs) with the paper's
     ablations at the middle budget, fine-tuning the runs of the preset's `book_finetune_budgets()`.
-    out_dir: where `_build/` goes (default: the checkout). calibrate: measure this machine's RST tables where
+    out_dir: where `_build/` goes (default: the current directory). calibrate: measure this machine's RST tables where
     missing (default: when run_grid)."""
     get_preset(preset)  # an unknown preset is a usage error before anything runs
     check_sources()
     results = Path(results).resolve()
-    out = Path(out_dir).resolve() if out_dir is not None else ROOT
+    out = Path(out_dir).resolve() if out_dir is not None else Path.cwd()
     if run_grid:
         try:
             from .grid import sweep

@@ -173,6 +173,7 @@ def build_parser() -> OneLineParser:
                        description="Run the preset's grid if missing, then build the HTML book.")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--out", type=Path, default=None, help="where _build/ goes (default: the current directory)")
 
     p = sub.add_parser("compare", help="is a method faster than the baseline under the same RST budgets?",
                        description="Run what is missing of METHOD and of the baseline at the same preset, budgets "
@@ -287,7 +288,8 @@ def cmd_compare(args) -> int:
 def cmd_book(args) -> int:
     from .book import build_book
 
-    index = build_book(preset=args.preset, results=args.results, log=lambda m: print(f"ntng book: {m}", flush=True))
+    index = build_book(preset=args.preset, results=args.results, out_dir=args.out,
+                       log=lambda m: print(f"ntng book: {m}", flush=True))
     print(f"ntng book: open {index}")
     return 0
 

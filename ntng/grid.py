@@ -42,9 +42,10 @@ from .errors import RunError, UsageError
 from .presets import METHODS, MODELS, format_budget, get_preset, parse_budget
 from .progress import Bar
 from .records import RunDir
+from .resources import notebook as shipped_notebook
 from .variants import ABLATION_MODELS, ABLATIONS, base_method, parse_variant, run_name
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "pretrain.ipynb"
+NOTEBOOK = shipped_notebook("pretrain.ipynb")  # the checkout's, or the copy inside an installed package
 FINETUNE_NOTEBOOK = NOTEBOOK.with_name("finetune.ipynb")
 EXECUTORS = ("local", "ray")
 CELL_STATUSES = ("complete", "skipped", "failed", "diverged")  # skipped: found complete, nothing was run
@@ -524,7 +525,7 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
         import_ray()
     for notebook in (NOTEBOOK, FINETUNE_NOTEBOOK) if finetune else (NOTEBOOK,):
         if not notebook.is_file():
-            raise UsageError(f"no notebook at {notebook}: the sweep runs from a checkout of the project")
+            raise UsageError(f"no notebook at {notebook}: run from a checkout, or install ntng from a wheel")
     data_dir = Path(data_dir or data_mod.default_data_dir()).resolve()  # workers need no shared working directory
     for model in models:
         packed = data_dir / "offline" / "packed" / data_mod.packing_name(model, preset_obj)

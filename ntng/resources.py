@@ -1,0 +1,24 @@
+"""Where the book's sources and the notebooks are: beside the package in a checkout (editable install), or inside
+it, as package data (`ntng/_data/`, copied in by setup.py's build step), in a wheel installed into another project.
+A user's project can depend on ntng, register its own methods and build the book over its own results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
+
+
+def project_root() -> Path:
+    """The folder holding `_config.yml`, `book/` and `notebooks/`: the checkout when ntng runs from one, else the
+    copy shipped inside the installed package."""
+    if (CHECKOUT / "_config.yml").is_file() and (CHECKOUT / "book" / "_toc.yml").is_file():
+        return CHECKOUT
+    if (PACKAGE_DATA / "_config.yml").is_file():
+        return PACKAGE_DATA
+    return CHECKOUT  # neither: ntng.book.check_sources names what is missing
+
+
+def notebook(name: str) -> Path:
+    return project_root() / "notebooks" / name

@@ -1,0 +1,38 @@
+"""ntng as a library: the wheel ships the book's sources and the notebooks, and `ntng book` builds from a
+non-editable install in another project's folder, over that project's results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import synthetic_results as syn
+
+from ntng.resources import CHECKOUT
+
+
+def test_the_book_builds_from_a_wheel_outside_the_checkout(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(dist), str(CHECKOUT)], check=True, capture_output=True)
+    (wheel,) = dist.glob("ntng-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(site)
+    for shipped in ("ntng/_data/_config.yml", "ntng/_data/book/_toc.yml", "ntng/_data/book/family.md",
+                    "ntng/_data/notebooks/pretrain.ipynb", "ntng/_data/notebooks/your_method.ipynb"):
+        assert shipped in names, shipped
+    project = tmp_path / "project"
+    syn.write_results(project / "results")
+    script = ("import ntng, ntng.book, pathlib; "
+              f"assert pathlib.Path(ntng.__file__).is_relative_to({str(site)!r}), ntng.__file__; "
+              "print(ntng.book.build_book(preset='smoke', results='results', run_grid=False, log=lambda m: None))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                               "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = project / "_build" / "html" / "index.html"  # built into the current directory
+    assert proc.stdout.strip().endswith(str(index)) and index.is_file()
+    assert (project / "_build" / "html" / "book" / "family-warm_start.html").is_file()
