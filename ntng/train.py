@@ -159,8 +159,6 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
 def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
     """`preset` with the model's training recipe changed by `overrides` (field -> value); bad fields or values
     are refused (UsageError)."""
-    import dataclasses
-
     recipe = preset.recipe(model)
     fields = {f.name: f for f in dataclasses.fields(recipe)}
     changes = {}
@@ -241,7 +239,8 @@ class Trainer:
         preset, model_name = spec.preset, spec.model
         self.shape = preset.shape(model_name)
         self.recipe = preset.recipe(model_name)
-        self.method: Method = build_method(spec.method_spec or spec.method, model_name, preset, **spec.method_options)
+        self.method: Method = build_method(spec.method_spec or spec.method, model_name, preset,
+                                           **spec.method_options)
         self.schedule = SCHEDULES[self.recipe.schedule]
         self.prepared = self.method.prepare(spec, log, pretrain=pretrain)  # e.g. RHO-LOSS's IL model: built once, reported apart
 
