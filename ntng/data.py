@@ -424,6 +424,14 @@ def _read_manifest(data_dir: Path) -> dict:
         return {}  # a damaged manifest only costs a rebuild
 
 
+def packing_floor(model: str, preset: Preset, data_dir: Path | None = None, corpus: str = "offline") -> float | None:
+    """The context-free loss floor `ntng data` stored for this packing (ntng.floors), or None (older data)."""
+    manifest = _read_manifest(Path(data_dir or default_data_dir()))
+    packed = manifest.get("corpora", {}).get(corpus, {}).get("packed", {}).get(packing_name(model, preset), {})
+    floor = packed.get("floor", {}).get("loss")
+    return float(floor) if isinstance(floor, (int, float)) else None
+
+
 def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("smoke", "mini"),
                corpus: str = "offline", c4_source: str = C4_SOURCE, c4_docs: int = 200_000,
                log: Log = print) -> dict:
@@ -519,6 +527,15 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                     "fingerprint": {s: fingerprint_windows(packed[s]) for s in packed}}
                 if model == "bert":
                     entry["corpus"]["tokens_" + name] = token_counts
+                changed = True
+            if "floor" not in entry["packed"][pname]:  # the context-free loss floor (ntng.floors)
+                from .floors import context_free_floor
+
+                packed = datasets.load_from_disk(str(packed_dir))
+                vocab = load_tokenizer(model, preset.vocab_size, data_dir, corpus).get_vocab_size()
+                entry["packed"][pname]["floor"] = context_free_floor(
+                    model, preset, vocab, windows_array(packed["train"])[1], windows_array(packed["validation"])[1])
+                log(f"context-free floor of {pname}: {entry['packed'][pname]['floor']['loss']:.3f} nats")
                 changed = True
 
     manifest["format"] = DATA_FORMAT

@@ -158,9 +158,18 @@ def _budget_intervals(table: pd.DataFrame, seeds: pd.DataFrame, value: str, ylab
     return fig
 
 
-def loss_curves(evals: pd.DataFrame, methods) -> Figure | None:
+FLOOR_COLOR = "grey"
+
+
+def _floor_line(ax, floor: float | None) -> None:
+    """The context-free loss floor (ntng.floors) as a dotted reference line."""
+    if floor is not None and math.isfinite(floor):
+        ax.axhline(floor, color=FLOOR_COLOR, linestyle=":", linewidth=1.2, label="context-free floor")
+
+
+def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Figure | None:
     """Validation loss against RST: a row per model, a column per budget, one line per run (seed), the baseline
-    in black on the same axes."""
+    in black on the same axes; `floors` (model -> loss) dotted: the loss of a model that ignores context."""
     data = evals[evals["method"].isin(["baseline", *methods])].dropna(subset=["val_loss"])
     if data.empty or not set(data["method"]) - {"baseline"}:
         return None
@@ -175,6 +184,7 @@ def loss_curves(evals: pd.DataFrame, methods) -> Figure | None:
                 sns.lineplot(data=part, x="rst_s", y="val_loss", hue="method", units="seed", estimator=None,
                              palette=palette_for(_methods(part)), hue_order=_methods(part), marker="o", markersize=4, ax=ax,
                              linewidth=1.4)
+            _floor_line(ax, (floors or {}).get(model))
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="RST (s)", ylabel="validation loss")
     _legend_outside(fig, axes[0][0])
     fig.tight_layout()
@@ -188,7 +198,11 @@ def final_loss(finals: pd.DataFrame, runs: pd.DataFrame, methods) -> Figure | No
     if table.empty or not set(table["method"]) - {"baseline"}:
         return None
     complete = runs[runs["status"] == "complete"]
-    return _budget_intervals(table, complete, "final_val_loss", "final validation loss", _models(table), spread=0.12)
+    fig = _budget_intervals(table, complete, "final_val_loss", "final validation loss", _models(table), spread=0.12)
+    floor_of = report.floors(runs)
+    for ax, model in zip(fig.axes, _models(table), strict=False):
+        _floor_line(ax, floor_of.get(model))
+    return fig
 
 
 def difference(diffs: pd.DataFrame, pairs: pd.DataFrame, methods) -> Figure | None:

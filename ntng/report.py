@@ -161,6 +161,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
            "wall_s": _finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
            "final_val_loss": _finite(summary.get("final_val_loss")) if status == "complete" else math.nan,
            "error": summary.get("error") or "", "rst_table": (config.get("rst_table") or {}).get("name", ""),
+           "floor": _finite((config.get("data") or {}).get("floor")),
            "free_scoring": bool(config.get("free_scoring")), "free_hessian": bool(config.get("free_hessian")),
            "method_card": config.get("method_card") or "", "method_meta": config.get("method_meta") or {},
            "run_dir": str(run_dir),
@@ -512,6 +513,14 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def floors(runs: pd.DataFrame) -> dict[str, float]:
+    """model -> the context-free loss floor its runs recorded (ntng.floors; config.json data.floor)."""
+    if runs.empty or "floor" not in runs.columns:
+        return {}
+    known = runs.dropna(subset=["floor"])
+    return {m: float(g["floor"].iloc[0]) for m, g in known.groupby("model")}
+
+
 def results_table(table: RunTable, methods=None) -> pd.DataFrame:
     """The book's result table: per model x method x budget, final validation loss (mean [95% CI], complete runs
     of all runs), the paired difference to the baseline and its verdict, the time-to-target speed-up."""
@@ -521,6 +530,7 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
         return pd.DataFrame()
     diffs = difference_to_baseline(runs).set_index(["model", "method", "budget_rst_s"])
     speed = time_to_target(runs, table.evals)
+    floor_of = floors(table.runs)  # nats below the context-free floor: what the runs learned beyond frequencies
     out = []
     for _, row in finals.iterrows():
         if methods is not None and row["method"] not in methods and row["method"] != "baseline":
@@ -530,9 +540,11 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
         s = speed[(speed["model"] == row["model"]) & (speed["method"] == row["method"])
                   & (speed["budget_rst_s"] == row["budget_rst_s"])]
         runs_text = f"{row['complete']}/{row['runs']}" + (f" ({row['not_complete']})" if row["not_complete"] else "")
+        floor = floor_of.get(row["model"], math.nan)
         out.append({"model": row["model"], "method": label(row["method"]),
                     "budget": row["budget"], "complete/runs": runs_text,
                     "final val loss [95% CI]": fmt_ci(row["mean"], row["ci_low"], row["ci_high"]),
+                    "below floor": fmt(floor - row["mean"]),
                     "vs baseline [95% CI]": "-" if row["method"] == "baseline" or d is None
                     else fmt_ci(d["mean"], d["ci_low"], d["ci_high"], signed=True),
                     "verdict": "" if row["method"] == "baseline" or d is None else d["verdict"],

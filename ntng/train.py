@@ -323,7 +323,9 @@ class Trainer:
             "model_config": model_config_dict(self.run.model),
             "data": {"dir": str(spec.data_dir), "corpus": spec.corpus,
                      "packing": data_mod.packing_name(spec.model, spec.preset),
-                     "train_fingerprint": self.data_fingerprint, "vocab_size": self.vocab_size},
+                     "train_fingerprint": self.data_fingerprint, "vocab_size": self.vocab_size,
+                     # the loss of a model that ignores context (ntng.floors): what the run learned is below it
+                     "floor": data_mod.packing_floor(spec.model, spec.preset, spec.data_dir, spec.corpus)},
             "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
             "versions": package_versions(), "machine": describe_machine(self.device),
         }

@@ -23,6 +23,7 @@ PRESET = "smoke"
 BUDGETS = {"5s": 5.0, "10s": 10.0, "20s": 20.0}
 DELTA = {"layer_stacking": -0.10, "layer_dropping": 0.05, "selective_backprop": 0.20, "lion": 0.30, "sophia": 0.15}
 L0 = 7.0
+FLOOR = {"bert": 6.5, "t5": 6.2}  # the context-free floors the synthetic runs record (config.json data.floor)
 CARD = {"layer_stacking": "**What.** Start with L/4 blocks; double at 12.5% and 30% of the RST budget.",
         "layer_dropping": "**What.** Skip block i of L with probability (1 - theta) i / L.",
         "selective_backprop": "**Selective backprop.** Keep an example with probability percentile^scale.",
@@ -82,7 +83,7 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
         steps = 6
     config = {"model": model, "method": base, "variant": method, "method_meta": method_meta(base), "preset": PRESET, "seed": seed, "budget": budget,
               "budget_rst_s": budget_s, "rst_table": {"name": f"smoke-{model}-AMD_EPYC"},
-              "method_card": CARD.get(base, ""), "precision": "bfloat16",
+              "method_card": CARD.get(base, ""), "precision": "bfloat16", "data": {"floor": FLOOR[model]},
               "versions": {"ntng": "0.1.0", "torch": "2.13.0"},
               "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "device": "cpu", "python": "3.11.7"}}
     rows = []

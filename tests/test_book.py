@@ -131,6 +131,7 @@ def test_introduction_table_matches_the_run_directories(book):
             row = rows[("bert", label, budget)]
             assert row["final val loss [95% CI]"].startswith(f"{sum(losses) / len(losses):.3f}")
             assert row["complete/runs"] == f"{len(losses)}/2"
+            assert row["below floor"] == f"{syn.FLOOR['bert'] - sum(losses) / len(losses):.3f}"
             if method != "baseline":
                 diff = sum(a - b for a, b in zip(losses, base, strict=True)) / len(losses)
                 assert row["vs baseline [95% CI]"].startswith(f"{diff:+.3f}")
