@@ -139,9 +139,11 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
                         method_options=method_options, data_split=data_split, variant=variant,
                         method_spec=method_spec, recipe_overrides=recipe_overrides)
     run_dir = RunDir(out)
-    if resume:
-        if not run_dir.config_path.exists():
-            raise UsageError(f"nothing to resume in {out} (no config.json)")
+    if resume and not run_dir.config_path.exists():
+        # killed before its directory was written (a re-submitted scheduler job): there is nothing to continue,
+        # so the run starts, as it would have the first time
+        spec.resume = False
+    elif resume:
         try:
             previous = run_dir.read_config().get("identity")
         except RunError as exc:

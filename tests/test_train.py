@@ -187,7 +187,7 @@ def test_bad_runs_are_refused_before_anything_is_written(built_fixture, tmp_path
         dict(seed=-3), dict(rst_table=tmp_path / "missing.json"),
         dict(rst_table=rst.shipped_table_path("smoke", "t5")),  # a T5 table for BERT
         dict(rst_table=rst.shipped_table_path("paper", "bert")),  # prices 128-sequence micro-batches
-        dict(data_dir=tmp_path / "no-data"), dict(resume=True), dict(method="rho_loss", data_split="full"),
+        dict(data_dir=tmp_path / "no-data"), dict(method="rho_loss", data_split="full"),
         dict(data_split="most"), dict(method="selective_backprop", method_options={"scale": 0.0}),
         dict(method="rho_loss", method_options={"il_budget_s": -1.0}),
     ]
@@ -208,6 +208,13 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_config(built_fixtur
     before = (tmp_path / "run" / "summary.json").read_text()
     again = run(built_fixture, tmp_path, budget="1s", resume=True)  # resuming a complete run changes nothing
     assert again["status"] == "complete" and json.loads(before)["steps"] == again["steps"]
+
+
+def test_resume_of_a_run_that_never_started_starts_it(built_fixture, tmp_path):
+    """A job killed before its run directory existed, submitted again with --resume, just runs."""
+    assert not (tmp_path / "run").exists()
+    summary = run(built_fixture, tmp_path, budget="1s", resume=True)
+    assert summary["status"] == "complete" and (tmp_path / "run" / "config.json").is_file()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(built_fixture, tmp_path):
