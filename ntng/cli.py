@@ -282,7 +282,8 @@ def cmd_compare(args) -> int:
                      settings=args.settings, claim=args.claim, results=args.results, jobs=args.jobs,
                      log=lambda m: print(f"ntng compare: {m}", flush=True))
     print(format_comparison(result), flush=True)
-    return 0
+    # the verdict, whatever it is, is a result; a cell that failed or diverged is not
+    return 1 if any(r.get("status") in ("failed", "diverged") for r in result.runs) else 0
 
 
 def cmd_book(args) -> int:

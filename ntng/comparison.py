@@ -9,8 +9,11 @@ budget, pairs X's final validation loss with the baseline's of the same seed:
   above 0, else "no detectable difference at n seeds"; with one seed there is no interval and no verdict;
 - the smallest difference these seeds could detect: the interval's half-width (a difference smaller than that is
   indistinguishable from seed noise at this many seeds);
-- speed-up (time to target): the RST the baseline needs to reach X's final loss over the RST X used, per seed
-  (a lower bound where the baseline never gets there), geometric mean over seeds.
+- speed-up (time to target, AlgoPerf-style with the baseline's result as the target): the RST the baseline used
+  over the RST X needed to reach the baseline's final loss (X's validation curve, straight lines between its
+  evaluations), per seed; where X never gets there the speed-up is at most 1 and counted as 1 (an upper bound),
+  geometric mean over seeds;
+- runs that did not complete (failed, diverged) are counted and named: the interval is over complete pairs only.
 
 `claim` ("2x") tests a stated speed-up as modded-nanogpt's records do: a one-sided t-test of the mean log speed-up
 against log(claim), supported when p < 0.01.
@@ -86,9 +89,10 @@ class BudgetResult:
     ci_low: float
     ci_high: float
     detectable: float  # the 95% interval's half-width: the smallest difference these seeds can tell from 0
-    speedup: float  # geometric mean over seeds of the time-to-target speed-up (lower bounds included)
-    speedup_bounded: int  # seeds where the baseline never reached X's loss (speed-up is a lower bound)
+    speedup: float  # geometric mean over seeds of the time-to-target speed-up (upper bounds included)
+    speedup_bounded: int  # seeds where X never reached the baseline's final loss (speed-up <= 1)
     verdict: str
+    not_complete: int = 0  # runs of X or the baseline at this model and budget that failed or diverged
     claim_p: float | None = None
     claim_supported: bool | None = None
 
@@ -125,25 +129,47 @@ def claim_test(speedups: list[float], claim: float) -> float:
     return t_sf((mean - math.log(claim)) / (sd / math.sqrt(n)), n - 1)
 
 
+def method_speedups(pairs, evals, method: str) -> list[tuple[float, bool]]:
+    """Per complete pair (one model, budget and seed): (speed-up, reached). speed-up = the baseline's RST / the RST
+    the method needed to reach the baseline's final loss; 1.0 and reached=False where it never did."""
+    from .report import rst_to_reach
+
+    out = []
+    for _, pair in pairs.iterrows():
+        curve = evals[(evals["method"] == method) & (evals["model"] == pair["model"])
+                      & (evals["budget_rst_s"] == pair["budget_rst_s"]) & (evals["seed"] == pair["seed"])]
+        base = evals[(evals["method"] == "baseline") & (evals["model"] == pair["model"])
+                     & (evals["budget_rst_s"] == pair["budget_rst_s"]) & (evals["seed"] == pair["seed"])]
+        t = rst_to_reach(curve["rst_s"], curve["val_loss"], pair["baseline_val_loss"])
+        used = float(base["rst_s"].max()) if len(base) else math.nan
+        if math.isfinite(t) and t > 0 and math.isfinite(used):
+            out.append((used / t, True))
+        else:
+            out.append((1.0, False))
+    return out
+
+
 def summarise(runs, evals, method: str, claim: float | None) -> list[BudgetResult]:
     """Per model x budget: the comparison of `method`'s complete runs with the baseline's of the same seeds."""
-    from .report import mean_ci, paired_differences, time_to_target
+    from .report import mean_ci, paired_differences
 
     chosen = runs[runs["method"].isin(["baseline", method])]
     pairs = paired_differences(chosen)
-    speed = time_to_target(chosen, evals)
+    pairs = pairs[pairs["method"] == method]
     out = []
     for (model, budget_s), group in pairs.groupby(["model", "budget_rst_s"], sort=True):
         mean, low, high, n = mean_ci(group["difference"])
-        s = speed[(speed["model"] == model) & (speed["budget_rst_s"] == budget_s)]
-        per_seed = [r["speedup"] if r["reached"] else r["speedup_at_least"] for _, r in s.iterrows()]
-        per_seed = [x for x in per_seed if x > 0 and math.isfinite(x)]
+        speeds = method_speedups(group, evals, method)
+        per_seed = [x for x, _ in speeds]
         geo = math.exp(sum(math.log(x) for x in per_seed) / len(per_seed)) if per_seed else math.nan
+        cell = chosen[(chosen["model"] == model) & (chosen["budget_rst_s"] == budget_s)]
         result = BudgetResult(model=model, budget=format_budget(budget_s), seeds=n,
                               method_loss=float(group["val_loss"].mean()),
                               baseline_loss=float(group["baseline_val_loss"].mean()), difference=mean, ci_low=low,
                               ci_high=high, detectable=(high - mean) if n > 1 else math.nan, speedup=geo,
-                              speedup_bounded=int((~s["reached"]).sum()), verdict=verdict_of(low, high, n))
+                              speedup_bounded=sum(not reached for _, reached in speeds),
+                              verdict=verdict_of(low, high, n),
+                              not_complete=int((cell["status"] != "complete").sum()))
         if claim is not None:
             p = claim_test(per_seed, claim)
             result.claim_p = p
@@ -197,8 +223,11 @@ def format_comparison(result: Comparison) -> str:
     """The printed report: one table per model, then the claim's verdict."""
     lines = [f"{result.method} against the baseline at preset {result.preset} (final validation loss; "
              "difference < 0: the method ends lower under the same RST budget)"]
+    failed = [r for r in result.runs if r.get("status") in ("failed", "diverged")]
+    for r in failed:
+        lines.append(f"{r['status']}: {r['model']}/{r['method']}/{r['budget']}/seed{r['seed']}: {r.get('error')}")
     if not result.results:
-        lines.append("no complete pair of runs to compare (see the sweep's table above)")
+        lines.append("no complete pair of runs to compare")
     header = ("budget", "seeds", result.method, "baseline", "difference [95% CI]", "detectable", "speed-up",
               "verdict")
     for model in dict.fromkeys(r.model for r in result.results):
@@ -207,8 +236,9 @@ def format_comparison(result: Comparison) -> str:
             interval = (f"{_fmt(r.difference, signed=True)} [{_fmt(r.ci_low, signed=True)}, "
                         f"{_fmt(r.ci_high, signed=True)}]") if r.seeds > 1 else _fmt(r.difference, signed=True)
             speed = "-" if not math.isfinite(r.speedup) else f"{r.speedup:.2f}x" + (
-                f" (>= on {r.speedup_bounded})" if r.speedup_bounded else "")
-            rows.append((r.budget, str(r.seeds), _fmt(r.method_loss), _fmt(r.baseline_loss), interval,
+                f" ({r.speedup_bounded} never reached the baseline's loss)" if r.speedup_bounded else "")
+            seeds = str(r.seeds) + (f" (+{r.not_complete} not complete)" if r.not_complete else "")
+            rows.append((r.budget, seeds, _fmt(r.method_loss), _fmt(r.baseline_loss), interval,
                          _fmt(r.detectable), speed, r.verdict))
         widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
         lines.append(f"\n{model}:")

@@ -55,23 +55,33 @@ def measure_step_ratio(method, model_name: str, preset, log=print) -> dict:
 
 
 def estimated_price(table, key: str, method, model_name: str, preset, data_dir: Path, log=print) -> dict:
-    """{seconds, ratio, estimate: True, ...} for the optimizer `key` under `table`, from the cache or measured now."""
+    """{seconds, ratio, estimate: True, ...} for the optimizer `key` under `table`: the table's AdamW step times the
+    ratio cached for this table and key, measured now if there is none. The cache holds the ratio only (a table
+    recalibrated under the same name prices the step from its own AdamW step); a lock keeps parallel runs from
+    measuring twice."""
+    import fcntl
+
     path = cache_path(data_dir, table.name)
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if not isinstance(cached, dict):
-        cached = {}
-    if isinstance(cached.get(key), dict) and "seconds" in cached[key]:
-        return cached[key]
-    measured = measure_step_ratio(method, model_name, preset, log)
-    price = {"seconds": table.optimizer_seconds("adamw") * measured["ratio"], "ratio": measured["ratio"],
-             "of": "adamw", "estimate": True, "measured_on": time.strftime("%Y-%m-%d"), "table": table.name,
-             "measured": measured}
-    cached[key] = price
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cached, indent=2) + "\n")
-    os.replace(tmp, path)
-    return price
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, ValueError):
+                cached = {}
+            if not isinstance(cached, dict):
+                cached = {}
+            entry = cached.get(key)
+            if not (isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0):
+                measured = measure_step_ratio(method, model_name, preset, log)
+                entry = {"ratio": measured["ratio"], "of": "adamw", "measured_on": time.strftime("%Y-%m-%d"),
+                         "measured": measured}
+                cached[key] = entry
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(cached, indent=2) + "\n")
+                os.replace(tmp, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return {"seconds": table.optimizer_seconds("adamw") * entry["ratio"], "estimate": True, "table": table.name,
+            **entry}

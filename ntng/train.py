@@ -158,6 +158,23 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     return spec
 
 
+def recipe_value_ok(name: str, value) -> bool:
+    """The range a recipe field must lie in (ntng.presets.Recipe)."""
+    numbers = [float(v) for v in (value if isinstance(value, tuple) else (value,))
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+        return False
+    if name == "betas":
+        return all(0.0 <= v < 1.0 for v in numbers)
+    if name.endswith("lr") or name in ("eps", "eval_points", "eval_sequences", "hessian_interval"):
+        return all(v > 0 for v in numbers)
+    if name in ("checkpoint_every", "hessian_batch_fraction"):
+        return all(0.0 < v <= 1.0 for v in numbers)
+    if name.endswith(("weight_decay", "grad_clip", "rho")) or name == "sophia_bs":
+        return all(v >= 0 for v in numbers) and (name != "sophia_bs" or all(v > 0 for v in numbers))
+    return True
+
+
 def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
     """`preset` with the model's training recipe changed by `overrides` (field -> value); bad fields or values
     are refused (UsageError)."""
@@ -180,6 +197,8 @@ def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
             raise UsageError(f"recipe.{name} = {value!r} does not fit the recipe's {name} ({current!r})")
+        if not recipe_value_ok(name, value):
+            raise UsageError(f"recipe.{name} = {value!r} is out of range")
         changes[name] = value
     key = "bert_recipe" if model == "bert" else "t5_recipe"
     return dataclasses.replace(preset, **{key: dataclasses.replace(recipe, **changes)})

@@ -58,7 +58,7 @@ def format_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(format_value(v) for v in value)
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value).replace("e+", "e")  # exact (a name must give back the value it was made from); no "+"
     return str(value)
 
 
@@ -114,6 +114,8 @@ def parse_variant(text: str) -> Variant:
                 raise UsageError(f"setting {key} in {text!r} must be true or false")
         if isinstance(settings[key], list):
             settings[key] = tuple(settings[key])
+        if key in RUN_FLAGS and settings[key] is False:  # a flag turned off is no setting: `sophia`, not a variant
+            del settings[key]
     return Variant(method, tuple(sorted(settings.items())))
 
 
@@ -140,11 +142,16 @@ def with_settings(method: str, assignments) -> str:
     settings = dict(variant.settings)
     for text in assignments or ():
         key, raw = parse_assignment(text)
-        added = parse_variant(f"{variant.method}+{key}={raw}").settings[0][1]
+        if not _KEY.fullmatch(key) or "+" in raw:
+            raise UsageError(f"bad --set {text!r}: expected KEY=VALUE (one setting each, no '+')")
+        added = parse_value(raw, f"--set {text!r}")
+        if key in RUN_FLAGS and not isinstance(added, bool):
+            raise UsageError(f"--set {text!r}: {key} must be true or false")
+        added = tuple(added) if isinstance(added, list) else added
         if key in settings and settings[key] != added:
             raise UsageError(f"setting {key} is given twice with different values")
         settings[key] = added
-    return variant_name(variant.method, settings)
+    return parse_variant(variant_name(variant.method, settings)).name  # canonical: a flag turned off drops out
 
 
 def expand_settings(methods: list[str], assignments) -> list[str]:

@@ -25,6 +25,14 @@ def test_settings_join_the_method_as_a_variant():
             with_settings("lion", bad)
     with pytest.raises(UsageError, match="twice"):
         with_settings("lion+lr=0.001", ["lr=0.002"])
+    with pytest.raises(UsageError):  # one setting per --set: a '+' would smuggle in another
+        with_settings("lion", ["weight_decay=0.1+lr=0.5"])
+    # names give back exactly the values they were made from, and parse again
+    assert with_settings("lion", ["lr=0.00012345678"]) == "lion+lr=0.00012345678"
+    assert with_settings("baseline", ["recipe.eval_sequences=2e6"]) == "baseline+recipe.eval_sequences=2000000.0"
+    assert with_settings("lion", ["lr=1e-20"]) == "lion+lr=1e-20"
+    # a flag turned off is no setting: the run is the method itself, in its own directory
+    assert with_settings("sophia", ["free_hessian=false"]) == "sophia"
 
 
 def test_a_sweep_setting_is_a_grid_axis_of_its_method():
@@ -52,7 +60,9 @@ def test_a_recipe_value_changes_the_run_and_names_it(built_fixture, tmp_path):
     # a method's default that comes from the recipe follows it
     assert resolve("bert", "lion+recipe.lion_lr=0.001", "1s", "tiny", data_dir=data_dir,
                    out_dir=tmp_path / "l").preset.bert_recipe.lion_lr == 0.001
-    for bad in ("baseline+recipe.nosuch=1", "baseline+recipe.eval_points=0.5", "baseline+recipe.betas=0.9"):
+    for bad in ("baseline+recipe.nosuch=1", "baseline+recipe.eval_points=0.5", "baseline+recipe.betas=0.9",
+                "baseline+recipe.checkpoint_every=0", "baseline+recipe.eval_points=0", "baseline+recipe.lr=-1",
+                "baseline+recipe.betas=2,3"):
         with pytest.raises(UsageError):
             resolve("bert", bad, "1s", "tiny", data_dir=data_dir, out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()

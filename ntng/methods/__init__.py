@@ -55,19 +55,29 @@ def check_method_class(cls, spec: str) -> type[Method]:
         raise UsageError(f"method {spec!r} must set its own `name` (lower case, digits, _), got {name!r}")
     if name in BUILTINS and BUILTINS[name] is not cls:
         raise UsageError(f"method {spec!r} calls itself {name!r}, the name of a built-in method")
-    for hook in HOOKS:
-        function = getattr(cls, hook)
-        try:
-            inspect.signature(function).bind(None, None)  # (self, run)
-        except TypeError:
-            raise UsageError(f"method {spec!r}: hook {hook}{inspect.signature(function)} must take (self, run)") \
-                from None
-    try:
-        inspect.signature(cls.prepare).bind(None, None, None, pretrain=None)
-    except TypeError:
-        raise UsageError(f"method {spec!r}: prepare{inspect.signature(cls.prepare)} must take (self, spec, log, "
-                         "pretrain=None)") from None
+    family = getattr(cls, "family", "")
+    if not isinstance(family, str) or (family and not _NAME.fullmatch(family)):
+        raise UsageError(f"method {spec!r}: family must be a name (lower case, digits, _), got {family!r}")
+    for hook, arguments in (*((h, ("run",)) for h in HOOKS), ("prepare", ("spec", "log", "pretrain="))):
+        if not _takes(cls, hook, arguments):
+            raise UsageError(f"method {spec!r}: {hook} must be a method taking ({', '.join(arguments)})")
     return cls
+
+
+def _takes(cls, hook: str, arguments: tuple[str, ...]) -> bool:
+    """Whether the class's `hook` can be called on an instance with `arguments` (static methods too)."""
+    attribute = inspect.getattr_static(cls, hook, None)
+    function = attribute.__func__ if isinstance(attribute, (staticmethod, classmethod)) else attribute
+    if not callable(function):
+        return False
+    bound = () if isinstance(attribute, staticmethod) else (None,)
+    positional = [None for a in arguments if not a.endswith("=")]
+    keywords = {a[:-1]: None for a in arguments if a.endswith("=")}
+    try:
+        inspect.signature(function).bind(*bound, *positional, **keywords)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def find_method(spec: str) -> type[Method]:
