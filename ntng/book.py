@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import RunError, UsageError
 from .presets import MODELS, get_preset
+from .resources import notebook as shipped_notebook
 from .resources import project_root
 
 ROOT = project_root()  # the checkout, or the copy inside an installed package: _config.yml and book/ live here
@@ -106,12 +107,13 @@ def family_blocks(table, family: str) -> set[str]:
     baseline's full stack, `keep` when they report a keep rate (batch selection)."""
     from .report import family_methods
 
-    runs = table.runs[table.runs["method"].isin(family_methods(table, family))]
+    members = family_methods(table, family)
+    runs = table.runs[table.runs["method"].isin(members)]
     shown = set()
     if "stat.keep_rate" in runs.columns and runs["stat.keep_rate"].notna().any():
         shown.add("keep")
     # depth: the active layers its runs logged step by step, against the most the baseline ran on that model
-    steps = table.metrics(["baseline", *family_methods(table, family)]).dropna(subset=["active_layers"])
+    steps = table.metrics(["baseline", *members]).dropna(subset=["active_layers"])
     if len(steps):
         full = steps[steps["method"] == "baseline"].groupby("model")["active_layers"].max().to_dict()
         own = steps[steps["method"] != "baseline"]
@@ -164,7 +166,7 @@ def run_tutorial(results: Path, preset: str, log=print) -> Path | None:
     smallest = min(get_preset(preset).budgets, key=parse_budget)
     params = {"preset": preset, "budgets": smallest, "seeds": "0,1,2", "results": str(Path(results).resolve())}
     partial = out.with_name(f".{TUTORIAL}.running")
-    command = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / TUTORIAL), str(partial), "-y",
+    command = [sys.executable, "-m", "papermill", str(shipped_notebook(TUTORIAL)), str(partial), "-y",
                json.dumps(params), "--kernel", "python3", "--no-progress-bar", "--cwd", str(out.parent)]
     log(f"running the tutorial ({TUTORIAL}: its method against the baseline at {smallest}, seeds 0 1 2)")
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NTNG_PROGRESS": "0"})

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .batches import make_collator
+from .data import packing_width
 from .device import autocast_dtype, describe_machine, pick_device
 from .errors import UsageError
 from .methods import build_method, method_names
@@ -85,6 +86,24 @@ def monotone_fit(counts: list[int], medians: list[float]) -> tuple[list[float], 
     return out, {"rule": "running maximum of the medians (the fit was not increasing)", "a": a, "b": b}
 
 
+def timing_setup(model: str, preset) -> tuple:
+    """(device, autocast dtype, the preset's model in training mode on the device, one micro-batch of random
+    windows on it): what every timing of a unit of work starts from (calibration, the pricing of an optimizer)."""
+    device = pick_device()
+    amp = autocast_dtype(device)
+    shape = preset.shape(model)
+    torch.manual_seed(0)
+    net = build_model(model, preset).to(device)
+    net.train()
+    collator = make_collator(model, preset, preset.vocab_size, seed=0)
+    width = shape.seq_len if model == "bert" else collator.raw_len
+    tokens = torch.randint(5 if model == "bert" else 3, preset.vocab_size - 100, (shape.micro_batch, width),
+                           generator=torch.Generator().manual_seed(0))
+    if model == "bert":
+        tokens[:, 0], tokens[:, -1] = 2, 3  # [CLS] ... [SEP]
+    return device, amp, net, {k: v.to(device) for k, v in collator(tokens).items()}
+
+
 def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: int = 7, warmup: int = 3,
               log=print) -> dict:
     """Measure and (if `out`) write an RST table for `model` at `preset` on this machine; returns the table."""
@@ -93,19 +112,9 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
     preset_obj = get_preset(preset)
     if repeats < 1 or warmup < 0:
         raise UsageError("repeats must be >= 1 and warmup >= 0")
-    device = pick_device()
-    amp = autocast_dtype(device)
     shape, recipe = preset_obj.shape(model), preset_obj.recipe(model)
-    torch.manual_seed(0)
-    net = build_model(model, preset_obj).to(device)
-    net.train()
-    collator = make_collator(model, preset_obj, preset_obj.vocab_size, seed=0)
-    width = shape.seq_len if model == "bert" else collator.raw_len
-    tokens = torch.randint(5 if model == "bert" else 3, preset_obj.vocab_size - 100, (shape.micro_batch, width),
-                           generator=torch.Generator().manual_seed(0))
-    if model == "bert":
-        tokens[:, 0], tokens[:, -1] = 2, 3  # [CLS] ... [SEP]
-    batch = {k: v.to(device) for k, v in collator(tokens).items()}
+    device, amp, net, batch = timing_setup(model, preset_obj)
+    width = packing_width(model, preset_obj)  # tokens per raw window (T5's before span corruption)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)

@@ -42,12 +42,9 @@ def _budget(text: str) -> str:
 def _method(text: str) -> str:
     """A method (a built-in, an installed entry point, or module:Class) or a variant of one (ntng.variants), by
     its canonical name."""
-    from .methods import find_method
-    from .variants import parse_variant
+    from .variants import canonical_method
 
-    variant = parse_variant(text)
-    find_method(variant.method)
-    return variant.name
+    return canonical_method(text)
 
 
 def _existing_file(text: str) -> Path:

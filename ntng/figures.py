@@ -38,19 +38,9 @@ def colour(method: str):
     return own if method == base else tuple(0.55 * c for c in matplotlib.colors.to_rgb(own))
 
 
-class _Palette(dict):
-    """Method -> colour, computed on first use (`colour`)."""
-
-    def __missing__(self, method: str):
-        return colour(method)
-
-
-PALETTE = _Palette()
-
-
 def palette_for(methods) -> dict:
     """A plain dict for seaborn's `palette=`, covering every method and variant in `methods`."""
-    return {m: PALETTE[m] for m in methods}
+    return {m: colour(m) for m in methods}
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -117,11 +107,11 @@ def _interval_bars(ax, rows: pd.DataFrame, x, method: str, **style) -> None:
     """Means with their 95% intervals (`mean`, `ci_low`, `ci_high`; a missing interval draws no bar)."""
     yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
     yerr = np.where(np.isfinite(yerr), yerr, 0.0)
-    ax.errorbar(x, rows["mean"], yerr=yerr, color=PALETTE[method], marker="o", capsize=3, label=method, **style)
+    ax.errorbar(x, rows["mean"], yerr=yerr, color=colour(method), marker="o", capsize=3, label=method, **style)
 
 
 def _seed_dots(ax, x, y, method: str) -> None:
-    sns.scatterplot(x=x, y=y, color=PALETTE[method], s=14, alpha=0.5, ax=ax, legend=False)
+    sns.scatterplot(x=x, y=y, color=colour(method), s=14, alpha=0.5, ax=ax, legend=False)
 
 
 def _model_panels(table: pd.DataFrame, models, spread: float = 0.08, reference: float | None = None):
@@ -229,13 +219,13 @@ def speedup(speed: pd.DataFrame, methods) -> Figure | None:
             hit = rows[rows["reached"]]
             if len(hit):
                 mean = hit.groupby("budget_rst_s")["speedup"].mean()
-                ax.plot(mean.index * 2 ** offsets[method], mean.values, color=PALETTE[method], marker="o",
+                ax.plot(mean.index * 2 ** offsets[method], mean.values, color=colour(method), marker="o",
                         label=method)
                 _seed_dots(ax, hit["budget_rst_s"] * 2 ** offsets[method], hit["speedup"], method)
             miss = rows[~rows["reached"]]
             if len(miss):
                 ax.scatter(miss["budget_rst_s"] * 2 ** offsets[method], miss["speedup_at_least"], marker="^",
-                           color=PALETTE[method], label=None if len(hit) else method)
+                           color=colour(method), label=None if len(hit) else method)
         ax.set_yscale("log", base=2)
         _budget_axis(ax, _budgets(part))
         ax.set(title=model, xlabel="RST budget", ylabel="speed-up vs baseline (x)")

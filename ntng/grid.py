@@ -39,11 +39,11 @@ from functools import partial
 from pathlib import Path
 
 from .errors import RunError, UsageError
-from .presets import METHODS, MODELS, format_budget, get_preset, parse_budget
+from .presets import METHODS, MODELS, format_budget, get_preset, middle_budget, parse_budget
 from .progress import Bar
 from .records import RunDir
 from .resources import notebook as shipped_notebook
-from .variants import ABLATION_MODELS, ABLATIONS, base_method, parse_variant, run_name
+from .variants import ABLATION_MODELS, ABLATIONS, base_method, canonical_method, run_name
 
 NOTEBOOK = shipped_notebook("pretrain.ipynb")  # the checkout's, or the copy inside an installed package
 FINETUNE_NOTEBOOK = NOTEBOOK.with_name("finetune.ipynb")
@@ -85,12 +85,6 @@ def plan_grid(preset: str, models, methods, budgets, seeds, results: Path) -> li
             for m in models for meth in methods for b in names for s in seeds]
 
 
-def middle_budget(budgets) -> str:
-    """The middle of a preset's budgets (12 h of the paper's 6/12/24 h), where the ablations run."""
-    ordered = sorted(budgets, key=parse_budget)
-    return format_budget(parse_budget(ordered[len(ordered) // 2]))
-
-
 def plan_ablations(preset: str, models, budgets, seeds, results: Path) -> list[Cell]:
     """The paper's ablations (ntng.variants.ABLATIONS) at the middle of the grid's budgets (the preset's by
     default: 12 h of the paper's 6/12/24 h), for the models the paper ran them on."""
@@ -102,14 +96,7 @@ def check_methods(methods) -> list[str]:
     """Methods and variants by their canonical names (`sophia+free_hessian`); a method no one can find (a
     built-in, an entry point, module:Class) is refused. A variant's settings are checked by each cell (a setting
     a method does not take fails that cell alone)."""
-    from .methods import find_method
-
-    out = []
-    for text in _check_list("methods", methods):
-        variant = parse_variant(text)
-        find_method(variant.method)
-        out.append(variant.name)
-    return _unique(out)
+    return _unique(canonical_method(text) for text in _check_list("methods", methods))
 
 
 def cell_state(run_dir: Path) -> str:

@@ -289,3 +289,10 @@ def format_budget(seconds: float) -> str:
         if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
             return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
     return f"{seconds:g}s"
+
+
+def middle_budget(budgets) -> str:
+    """The middle of a set of budgets, as a name ('12h' of the paper's 6/12/24 h): where the paper trains
+    RHO-LOSS's irreducible-loss model and runs its ablations."""
+    ordered = sorted(budgets, key=parse_budget)
+    return format_budget(parse_budget(ordered[len(ordered) // 2]))

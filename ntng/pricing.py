@@ -25,24 +25,11 @@ def measure_step_ratio(method, model_name: str, preset, log=print) -> dict:
     """Median step time of `method`'s optimizer over the baseline's AdamW / AdamWScale, on the preset's model."""
     import torch
 
-    from .batches import make_collator
-    from .calibration import time_rounds
-    from .device import autocast_dtype, pick_device
-    from .models import build_model
+    from .calibration import time_rounds, timing_setup
     from .optim import build_optimizer
 
-    device = pick_device()
-    amp = autocast_dtype(device)
-    recipe, shape = preset.recipe(model_name), preset.shape(model_name)
-    torch.manual_seed(0)
-    net = build_model(model_name, preset).to(device)
-    collator = make_collator(model_name, preset, preset.vocab_size, seed=0)
-    width = shape.seq_len if model_name == "bert" else collator.raw_len
-    tokens = torch.randint(5, preset.vocab_size - 110, (shape.micro_batch, width),
-                           generator=torch.Generator().manual_seed(0))
-    if model_name == "bert":
-        tokens[:, 0], tokens[:, -1] = 2, 3
-    batch = {k: v.to(device) for k, v in collator(tokens).items()}
+    recipe = preset.recipe(model_name)
+    device, amp, net, batch = timing_setup(model_name, preset)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         net(batch)["loss"].backward()
     optimizers = {"adamw": build_optimizer(recipe.optimizer, net, recipe.lr, recipe.betas, recipe.eps,

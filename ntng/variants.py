@@ -103,20 +103,31 @@ def parse_variant(text: str) -> Variant:
             raise UsageError(f"bad setting {item!r} in {text!r}: expected key=value or a flag such as free_scoring")
         if key in settings:
             raise UsageError(f"setting {key!r} is given twice in {text!r}")
-        if not has_value:
-            if key not in RUN_FLAGS:
-                raise UsageError(f"setting {key!r} in {text!r} needs a value (key=value); flags are "
-                                 f"{', '.join(RUN_FLAGS)}")
-            settings[key] = True
-        else:
-            settings[key] = parse_value(raw, f"setting {key} in {text!r}")
-            if key in RUN_FLAGS and not isinstance(settings[key], bool):
-                raise UsageError(f"setting {key} in {text!r} must be true or false")
-        if isinstance(settings[key], list):
-            settings[key] = tuple(settings[key])
+        if not has_value and key not in RUN_FLAGS:
+            raise UsageError(f"setting {key!r} in {text!r} needs a value (key=value); flags are "
+                             f"{', '.join(RUN_FLAGS)}")
+        settings[key] = setting_value(key, raw if has_value else "true", f"setting {key} in {text!r}")
         if key in RUN_FLAGS and settings[key] is False:  # a flag turned off is no setting: `sophia`, not a variant
             del settings[key]
     return Variant(method, tuple(sorted(settings.items())))
+
+
+def setting_value(key: str, raw: str, where: str):
+    """The value of one setting: a number, true/false, or a tuple of numbers; a run flag takes true/false only."""
+    value = parse_value(raw, where)
+    if key in RUN_FLAGS and not isinstance(value, bool):
+        raise UsageError(f"{where} must be true or false")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def canonical_method(text: str) -> str:
+    """A method or variant by its canonical name (settings sorted, exact), once its method is found (a built-in,
+    an installed entry point, module:Class); UsageError otherwise."""
+    from .methods import find_method
+
+    variant = parse_variant(text)
+    find_method(variant.method)
+    return variant.name
 
 
 def run_name(text: str) -> str:
@@ -144,10 +155,7 @@ def with_settings(method: str, assignments) -> str:
         key, raw = parse_assignment(text)
         if not _KEY.fullmatch(key) or "+" in raw:
             raise UsageError(f"bad --set {text!r}: expected KEY=VALUE (one setting each, no '+')")
-        added = parse_value(raw, f"--set {text!r}")
-        if key in RUN_FLAGS and not isinstance(added, bool):
-            raise UsageError(f"--set {text!r}: {key} must be true or false")
-        added = tuple(added) if isinstance(added, list) else added
+        added = setting_value(key, raw, f"--set {text!r}")
         if key in settings and settings[key] != added:
             raise UsageError(f"setting {key} is given twice with different values")
         settings[key] = added

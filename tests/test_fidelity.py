@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from ntng.errors import UsageError
-from ntng.grid import check_methods, middle_budget, plan_ablations
+from ntng.grid import check_methods, plan_ablations
 from ntng.methods import build_method
-from ntng.presets import PRESETS
+from ntng.presets import PRESETS, middle_budget
 from ntng.variants import ABLATIONS, describe, parse_variant, variant_name
 
 PAPER = PRESETS["paper"]

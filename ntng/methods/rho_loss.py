@@ -13,7 +13,7 @@ import torch
 
 from ..batches import concat_batches, take_rows
 from ..errors import RunError, UsageError
-from ..presets import parse_budget
+from ..presets import middle_budget, parse_budget
 from .base import Method, Run, take_options
 from .irreducible import ensure_il_losses, lookup_il_losses
 from .selection import ExampleQueue, SelectionCounters, score_examples
@@ -21,7 +21,7 @@ from .selection import ExampleQueue, SelectionCounters, score_examples
 
 def il_budget_seconds(preset) -> float:
     """The IL model's RST budget: the preset's middle budget, as the paper trains it for 12 h of its 6/12/24 h."""
-    return parse_budget(sorted(preset.budgets, key=parse_budget)[len(preset.budgets) // 2])
+    return parse_budget(middle_budget(preset.budgets))
 
 
 def select_top_k(reducible_losses: torch.Tensor, k: int) -> torch.Tensor:
