@@ -190,6 +190,38 @@ def build_parser() -> OneLineParser:
     p.add_argument("--claim", default=None, help="a speed-up to test, e.g. 2x")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--jobs", type=_positive_int, default=1, help="cells at once")
+
+    p = sub.add_parser("tune", help="tune every method's hyper-parameters on equal terms",
+                       description="Try each hyper-parameter the paper tuned (Appendix C; each method's tuning()) at "
+                       "three values, one axis at a time around the preset's current values, at one budget (default: "
+                       "the preset's smallest) and seed, into RESULTS/<preset>/<model>/<variant>/<budget>/seed<k>/; "
+                       "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. Prints "
+                       "each axis's final losses and the chosen value (the lowest).")
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--methods", nargs="+", type=_method, default=None,
+                   help="default: every method on the models the paper ran it on")
+    p.add_argument("--budget", type=_budget, default=None, help="default: the preset's smallest")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--jobs", type=_positive_int, default=1, help="runs at once")
+    p.add_argument("--results", type=Path, default=Path("results/tuning"))
+
+    p = sub.add_parser("probe", help="which shape, batch and learning rate learn most in a fixed RST budget?",
+                       description="Train the baseline at one RST budget over model shapes x batch sizes x peak "
+                       "learning rates, each shape charged by an RST table measured here with one thread, into "
+                       "RESULTS/<model>/<L>x<W>-b<batch>/lr<lr>/; then print final loss, nats below the "
+                       "context-free floor and tokens per RST second. Complete runs are skipped: the same command "
+                       "continues an interrupted probe.")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--shapes", nargs="+", default=["4x128", "8x128", "4x256"], help="LAYERSxWIDTH ...")
+    p.add_argument("--batches", nargs="+", type=_positive_int, default=[32, 64], help="sequences per step")
+    p.add_argument("--bert-lrs", nargs="+", type=float, default=[2e-3, 4e-3, 8e-3])
+    p.add_argument("--t5-lrs", nargs="+", type=float, default=[1e-2, 2e-2, 4e-2])
+    p.add_argument("--budget", type=_budget, default="2m")
+    p.add_argument("--base", choices=("smoke", "mini"), default="smoke", help="preset the candidates derive from")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="runs at once (one thread each)")
+    p.add_argument("--repeats", type=_positive_int, default=15, help="timed repeats per unit when calibrating")
+    p.add_argument("--results", type=Path, default=Path("results/probe"))
     return parser
 
 
@@ -283,6 +315,25 @@ def cmd_compare(args) -> int:
     return 1 if any(r.get("status") in ("failed", "diverged") for r in result.runs) else 0
 
 
+def cmd_tune(args) -> int:
+    from .tuning import format_tuning, tune
+
+    rows = tune(preset=args.preset, models=args.models, methods=args.methods, budget=args.budget, seed=args.seed,
+                results=args.results, jobs=args.jobs, log=lambda m: print(f"ntng tune: {m}", flush=True))
+    print(format_tuning(rows), flush=True)
+    return 1 if any(t["status"] in ("failed", "diverged") for r in rows for t in r["trials"]) else 0
+
+
+def cmd_probe(args) -> int:
+    from .probe import format_rows, probe
+
+    rows = probe(models=args.models, shapes=args.shapes, batches=args.batches,
+                 lrs={"bert": args.bert_lrs, "t5": args.t5_lrs}, budget=args.budget, results=args.results,
+                 base=args.base, jobs=args.jobs, repeats=args.repeats, log=lambda m: print(f"ntng probe: {m}", flush=True))
+    print(format_rows(rows), flush=True)
+    return 1 if any(r["status"] != "complete" for r in rows) else 0
+
+
 def cmd_book(args) -> int:
     from .book import build_book
 
@@ -302,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
                 "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep,
-                "compare": cmd_compare}[args.command](args)
+                "compare": cmd_compare, "probe": cmd_probe, "tune": cmd_tune}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -91,6 +91,15 @@ T5_PAPER_RECIPE = Recipe(optimizer="adamw_scale", lr=2e-2, betas=(0.9, 0.999), e
                          layer_dropping_lr=1e-2)
 
 
+def with_peak_lr(recipe: Recipe, lr: float) -> Recipe:
+    """`recipe` at another baseline peak, the methods' own peaks (Lion, Sophia, T5's layer dropping) moved with it:
+    they keep the paper's ratio to the baseline's, the centre a tuning grid starts from (ntng.tuning)."""
+    ratio = lr / recipe.lr
+    own_ld = recipe.layer_dropping_lr
+    return replace(recipe, lr=lr, lion_lr=recipe.lion_lr * ratio, sophia_lr=recipe.sophia_lr * ratio,
+                   layer_dropping_lr=None if own_ld is None else own_ld * ratio)
+
+
 @dataclass(frozen=True)
 class FinetuneRecipe:
     """Downstream fine-tuning (ntng.downstream), scaled per preset. The paper's GLUE recipe: AdamW lr 4e-5, batch
@@ -133,6 +142,9 @@ class Preset:
     # what one sweep cell asks Ray for; its torch threads follow ray_cpus (more threads barely speed up tiny models)
     ray_cpus: float = 1.0
     ray_gpus: float = 0.0
+    # model -> method -> option -> value: a method's defaults at this preset (what tuning chose here), under the
+    # settings a run gives (--set). Values the recipe carries (lion_lr, sophia_lr...) stay in the recipe.
+    method_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
@@ -141,6 +153,10 @@ class Preset:
             raise UsageError(f"preset {self.name!r}: ray_cpus must be a number > 0, got {self.ray_cpus!r}")
         if not (isinstance(self.ray_gpus, (int, float)) and self.ray_gpus >= 0):
             raise UsageError(f"preset {self.name!r}: ray_gpus must be a number >= 0, got {self.ray_gpus!r}")
+        if not (isinstance(self.method_options, dict) and all(
+                isinstance(methods, dict) and all(isinstance(o, dict) for o in methods.values())
+                for methods in self.method_options.values())):
+            raise UsageError(f"preset {self.name!r}: method_options must map model -> method -> option -> value")
         if self.book_finetune not in ("all", "largest"):
             raise UsageError(f"preset {self.name!r}: book_finetune must be 'all' or 'largest', got "
                              f"{self.book_finetune!r}")
@@ -160,6 +176,10 @@ class Preset:
 
     def recipe(self, model: str) -> Recipe:
         return self.bert_recipe if model == "bert" else self.t5_recipe
+
+    def options_for(self, model: str, method: str) -> dict:
+        """The preset's defaults for `method` on `model` (method_options)."""
+        return dict(self.method_options.get(model, {}).get(method, {}))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +221,30 @@ PRESETS: dict[str, Preset] = {
         finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
         description="small models that learn something real on a CPU; one seed of the grid within ~3 hours",
     ),
+    # The reference CPU scale, chosen by measurement (`ntng probe`; the book's page "Choosing the CPU scale" shows the
+    # probe's records in results/probe/): the shapes, batches and baseline peaks that ended lowest after the smallest
+    # budget, charged by the tables the probe measured for them with one thread (ntng/tables/cpu-*.json).
+    "cpu": Preset(
+        name="cpu",
+        vocab_size=8192,
+        # probe: 4 x 128 ended lowest of 4x128 / 8x128 / 4x256 after 2 min; batch 32 beat 64 (more steps count more
+        # than less noisy ones at this budget)
+        bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=32, grad_accum=1),
+        t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=32),
+        # 1:2:4; the largest is where both baselines must end >= 1.5 nats below their floors, and one seed of the
+        # reference grid (51 cells, ~184 min of RST) takes ~1.7 h on two cores at one cell per core
+        budgets=("2m", "4m", "8m"),
+        seeds=(0, 1, 2),  # the reference grid is run with three seeds
+        ray_cpus=1.0,  # the tables are one-thread tables: one cell per core
+        # probe: BERT's lowest final loss at 4e-3 of 2e-3 / 4e-3 / 8e-3 (the paper's 1e-3 is slow for a 4 x 128
+        # model); T5 at 2e-2 of 1e-2 / 2e-2 / 4e-2 (the paper's peak)
+        bert_recipe=replace(with_peak_lr(BERT_PAPER_RECIPE, 4e-3), eval_sequences=512),
+        t5_recipe=replace(with_peak_lr(T5_PAPER_RECIPE, 2e-2), eval_sequences=512),
+        finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
+        book_finetune="largest",  # 15 runs at the largest budget, ~1 min per task and model each
+        description="the reference CPU scale, chosen by the probe: baselines that end well below the context-free "
+                    "floor; one seed of the reference grid in ~2 hours on 2 cores",
+    ),
     "paper": Preset(
         name="paper",
         vocab_size=32768,  # crammed BERT's vocabulary; t5-v1.1 uses 32128, rounded here to one size for both
@@ -214,6 +258,7 @@ PRESETS: dict[str, Preset] = {
 
 MODELS = ("bert", "t5")
 DEFAULT_PRESET = "smoke"
+REFERENCE_PRESET = "cpu"  # the CPU scale the study runs at (the book's "Choosing the CPU scale")
 PRESETS_FILE_ENV = "NTNG_PRESETS_FILE"
 
 

@@ -142,6 +142,42 @@ def write_finetune(run_dir: Path, task: str, score: float, floor: float) -> None
         "preset": PRESET, "budget": parts[-2], "seed": int(parts[-1][4:])}))
 
 
+# the scale probe (ntng.probe): (model, layers, width, batch, lr) -> final loss, 60 s of RST each
+PROBE = {("bert", 4, 64, 16, 0.002): 6.31, ("bert", 4, 64, 16, 0.004): 6.12, ("bert", 8, 64, 32, 0.004): 6.27,
+         ("t5", 4, 64, 16, 0.02): 5.55, ("t5", 4, 64, 16, 0.04): 5.61}
+# a tuning plan (ntng.tuning) at PRESET: bert lion's lr at three values, at the smallest budget, seed 0
+TUNING_LOSSES = {"lion+lr=0.0007": 6.20, "lion+lr=0.00035": 6.05, "lion+lr=0.0014": 6.40}
+
+
+def write_probe(root: Path) -> None:
+    for (model, layers, width, batch, lr), loss in PROBE.items():
+        run_dir = root / "probe" / model / f"{layers}x{width}-b{batch}" / f"lr{lr!r}"
+        run_dir.mkdir(parents=True)
+        shape = {"num_layers": layers, "hidden" if model == "bert" else "d_model": width, "micro_batch": batch,
+                 "grad_accum": 1}
+        config = {"model": model, "preset": f"probe-{model}-{layers}x{width}-b{batch}", "shape": shape,
+                  "recipe": {"lr": lr}, "model_config": {"num_parameters": 1000 * layers * width},
+                  "data": {"floor": FLOOR[model]}}
+        summary = {"status": "complete", "budget_rst_s": 60.0, "rst_s": 60.0, "wall_s": 66.0, "steps": 100,
+                   "tokens": 100 * batch * 128, "final_val_loss": loss}
+        (run_dir / "config.json").write_text(json.dumps(config))
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def write_tuning(root: Path) -> None:
+    runs = list(TUNING_LOSSES)
+    plan = {"preset": PRESET, "budget": "5s", "seed": 0, "planned_on": "2026-11-26",
+            "axes": [{"model": "bert", "method": "lion", "key": "lr", "values": [0.0007, 0.00035, 0.0014],
+                      "runs": runs, "centre": 0.0007, "paper": 0.0007}],
+            "runs": {"bert": runs}}
+    (root / "tuning" / PRESET).mkdir(parents=True)
+    (root / "tuning" / PRESET / "tuning.json").write_text(json.dumps(plan))
+    for run, loss in TUNING_LOSSES.items():
+        run_dir = root / "tuning" / PRESET / "bert" / run / "5s" / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "complete", "final_val_loss": loss}))
+
+
 def write_results(root: Path) -> dict:
     """The synthetic grid; returns what was written (for the tests' own expectations)."""
     methods = ["baseline", "layer_stacking", "layer_dropping", "selective_backprop", "lion", "sophia"]
@@ -164,6 +200,8 @@ def write_results(root: Path) -> dict:
     for seed in (0, 1):
         write_run(root, "bert", PLUGIN, "5s", seed)
     write_tutorial(root / PRESET / "tutorial" / "your_method.ipynb")
+    write_probe(root)
+    write_tuning(root)
     write_run(root, "t5", "baseline", "5s", 0)
     write_run(root, "t5", "lion", "5s", 0)
     write_run(root, "bert", "rho_loss", "5s", 0, status="diverged")

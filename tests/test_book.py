@@ -96,7 +96,7 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
         assert all(any(u.split("#")[0].endswith(s) for u in page["nav"] + [url]) for s in chapters.values())
     figures_per_page = {c: max((len(p["images"]) for u, p in visited.items() if u.endswith(f"/{c}.html")),
                                default=0) for c in _chapters(book["index"])}
-    for chapter in ("book/rst", "book/family-dynamic", "book/family-selection", "book/family-optimizers",
+    for chapter in ("book/rst", "book/scale", "book/tuning", "book/family-dynamic", "book/family-selection", "book/family-optimizers",
                     "book/family-warm_start", "book/downstream"):
         assert figures_per_page[chapter] >= 1, f"{chapter} has no figure"
     assert figures_per_page["book/family-dynamic"] >= 6  # curves, final, difference, speed-up, wall, active layers
@@ -168,6 +168,33 @@ def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds
     assert all(d.what.replace("'", "\u2019") in text for d in DEPARTURES)  # MyST's typographic apostrophes
 
 
+def test_the_scale_and_tuning_pages_show_the_probe_and_tuning_records(book):
+    browser = book["browser"]
+    browser.open((book["index"].parent / "book" / "scale.html").as_uri())
+    tables = browser.evaluate(TABLE_JS)
+    probe = [t for t in tables if t and "below floor" in t[0] and "peak lr" in t[0]]
+    assert len(probe) == 2  # one table per model
+    shown = {}
+    for table in probe:
+        for row in table[1:]:
+            cells = dict(zip(table[0], row, strict=True))
+            shown[cells["layers x width"], cells["batch"], cells["peak lr"], cells["final loss"]] = cells["below floor"]
+    for (model, layers, width, batch, lr), loss in syn.PROBE.items():
+        key = (f"{layers} x {width}", str(batch), f"{lr:g}", f"{loss:.3f}")
+        assert shown[key] == f"{syn.FLOOR[model] - loss:.3f}", key
+    # the reference preset's place in the probe: none of its records exist here, which the page says
+    text = browser.evaluate(TEXT_JS)
+    assert "No baseline records at `cpu`" in text.replace("‘", "`").replace("’", "`") or \
+        "No baseline records at cpu" in text
+    browser.open((book["index"].parent / "book" / "tuning.html").as_uri())
+    tables = browser.evaluate(TABLE_JS)
+    table = next(t for t in tables if t and "chosen" in t[0])
+    row = dict(zip(table[0], table[1], strict=True))
+    best = min(syn.TUNING_LOSSES, key=syn.TUNING_LOSSES.get)  # lion+lr=0.00035
+    assert row["chosen"] == best.split("=")[1] and row["paper"] == "0.0007"
+    assert "0.00035: 6.050" in row["tried (final loss)"]
+
+
 def test_a_family_without_runs_says_so(tmp_path):
     results = tmp_path / "results"
     syn.write_run(results, "bert", "baseline", "5s", 0)
@@ -176,6 +203,8 @@ def test_a_family_without_runs_says_so(tmp_path):
     html = (index.parent / "book" / "family-dynamic.html").read_text()
     assert "No runs of dynamic architectures" in html
     assert "No fine-tuning results" in (index.parent / "book" / "downstream.html").read_text()
+    assert "No probe records yet" in (index.parent / "book" / "scale.html").read_text()
+    assert "No tuning records yet" in (index.parent / "book" / "tuning.html").read_text()
 
 
 def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, monkeypatch):

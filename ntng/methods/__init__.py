@@ -106,8 +106,11 @@ def find_method(spec: str) -> type[Method]:
 
 
 def build_method(name: str, model: str, preset, **options) -> Method:
-    """The method's hook object, its settings validated now (not when its schedule first fires)."""
+    """The method's hook object, its settings validated now (not when its schedule first fires). The preset's
+    values for the method (`Preset.method_options`: what tuning chose at that scale) come first, `options` over
+    them."""
     cls = find_method(name)
+    options = {**preset.options_for(model, cls.name), **options}
     try:
         return cls(model=model, preset=preset, **options)
     except UsageError:

@@ -98,6 +98,7 @@ class Method:
     # the kinds of extra work (ntng.rst.KINDS) the method's hooks charge beyond training: "scoring" (forward-only
     # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.variants).
     extra_work: tuple[str, ...] = ()
+    studied_on: tuple[str, ...] = ("bert", "t5")  # the models the paper ran it on (tuning covers these by default)
 
     def __init__(self, model: str, preset: Preset, **options):
         if options:
@@ -116,12 +117,17 @@ class Method:
         """Method hyper-parameters, recorded in config.json."""
         return {}
 
+    def tuning(self) -> dict[str, list]:
+        """The hyper-parameters the paper tuned for this method (Appendix C), each with the values a tuning grid
+        tries, the method's current value first (`ntng tune`). Keys are what `--set` takes."""
+        return {}
+
     @classmethod
     def meta(cls) -> dict:
         """What the records say about the method (config.json `method_meta`)."""
         return {"name": cls.name, "label": cls.label or cls.name.replace("_", " "), "family": cls.family,
                 "component": cls.component, "action": cls.action, "summary": cls.summary,
-                "extra_work": list(cls.extra_work), "class": f"{cls.__module__}:{cls.__qualname__}"}
+                "extra_work": list(cls.extra_work), "studied_on": list(cls.studied_on), "class": f"{cls.__module__}:{cls.__qualname__}"}
 
     def prepare(self, spec, log, pretrain=None) -> dict:
         """Before the run is built: make what the method needs from outside the run (RHO-LOSS: its irreducible-
@@ -162,6 +168,16 @@ class Method:
     def load_state(self, state: dict, run: Run) -> None:
         """Restore from `state_dict()` on resume. Called after the model and optimizer are built and before
         their weights are loaded, so a method that reshapes the model (stacking) reshapes it here first."""
+
+
+TUNING_FACTORS = (1.0, 0.5, 2.0)  # a tuned value is tried as it is and a factor of two either side
+
+
+def around(value, factors=TUNING_FACTORS) -> list:
+    """`value` times each factor (element-wise for a list of values): the tuning grid of one hyper-parameter."""
+    if isinstance(value, (list, tuple)):
+        return [[v * f for v in value] for f in factors]
+    return [value * f for f in factors]
 
 
 def take_options(method: str, options: dict, defaults: dict) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Method
+from .base import Method, around
 
 
 class Baseline(Method):
@@ -19,3 +19,6 @@ class Baseline(Method):
         "warm-up from 0.5x to 1x over 15% of the budget and a half-cosine to 1e-5x. Every schedule is a function "
         "of the fraction of the RST budget used, so it always ends fully decayed."
     )
+
+    def tuning(self) -> dict[str, list]:
+        return {"recipe.lr": around(self.recipe.lr)}  # C.1: the baseline's peak learning rate

@@ -24,7 +24,7 @@ import torch
 from ..errors import UsageError
 from ..optim import build_optimizer
 from ..presets import Preset
-from .base import Method, Run
+from .base import Method, Run, around
 
 THETA_BAR = 0.5
 GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0}
@@ -87,6 +87,12 @@ class LayerDropping(Method):
         self.draws = 0
         self.late_depth_sum = 0
         self.late_draws = 0
+
+    def tuning(self) -> dict[str, list]:
+        grid = {"gamma_factor": around(self.gamma_factor)}  # C.2: how fast the keep probability falls
+        if self.model_name == "t5":  # C.2: T5 runs layer dropping at a learning rate of its own
+            grid["lr"] = around(self.lr)
+        return grid
 
     def settings(self) -> dict:
         return {"theta_bar": self.theta_bar, "gamma_factor": self.gamma_factor, "lr": self.lr,

@@ -19,7 +19,7 @@ import itertools
 from ..errors import UsageError
 from ..optim import decay_groups
 from ..presets import Preset
-from .base import Method, Run
+from .base import Method, Run, around
 
 DOUBLING_POINTS = (0.125, 0.3)  # budget fractions at which the stack doubles: L/4 -> L/2 -> L
 
@@ -55,6 +55,10 @@ class LayerStacking(Method):
             raise UsageError(f"layer_stacking: {model} at preset {preset.name} has {self.num_layers} blocks, which "
                              f"cannot start at L/{2 ** len(self.points)} and double {len(self.points)} times")
         self.growth: list[dict] = []  # the schedule points actually taken
+
+    def tuning(self) -> dict[str, list]:
+        # C.1: when the stack grows; earlier and later points, each stays inside the budget
+        return {"points": [p for p in around(list(self.points)) if all(0.0 < x < 1.0 for x in p)]}
 
     def settings(self) -> dict:
         return {"start_depth": self.num_layers // 2 ** len(self.points), "doubling_points": list(self.points),

@@ -11,7 +11,7 @@ import torch
 from ..errors import UsageError
 from ..optim import Lion as LionOptimizer
 from ..optim import decay_groups
-from .base import Method, take_options
+from .base import Method, around, take_options
 
 LION_BETAS = (0.9, 0.99)
 
@@ -50,6 +50,11 @@ class Lion(Method):
     @property
     def rst_optimizer(self) -> str:
         return "lion"
+
+    def tuning(self) -> dict[str, list]:
+        wd = self.options["weight_decay"]
+        # C.5: lr and weight decay; no decay (T5's tuned value) is tried against two decays instead of factors of 0
+        return {"lr": around(self.options["lr"]), "weight_decay": around(wd) if wd > 0 else [0.0, 0.01, 0.1]}
 
     def settings(self) -> dict:
         return {"optimizer": "lion", **self.options}

@@ -33,6 +33,7 @@ def select_top_k(reducible_losses: torch.Tensor, k: int) -> torch.Tensor:
 
 class RhoLoss(Method):
     extra_work = ("scoring",)
+    studied_on = ("bert",)  # the paper ran batch selection on BERT only
     name = "rho_loss"
     label = "RHO-LOSS"
     family = "selection"
@@ -69,6 +70,11 @@ class RhoLoss(Method):
         self.queue = ExampleQueue()
         self.counters = SelectionCounters()
         self.reducible = {"scored_sum": 0.0, "kept_sum": 0.0, "kept_il_sum": 0.0}
+
+    def tuning(self) -> dict[str, list]:
+        # C.4: the mega-batch, as a multiple of the batch; one would select nothing, so only larger ones are tried
+        factor = self.options["mega_batch_factor"]
+        return {"mega_batch_factor": [factor, 2 * factor, 4 * factor]}
 
     def settings(self) -> dict:
         return {**self.options, "mega_batch": self.batch * self.options["mega_batch_factor"], "batch": self.batch}

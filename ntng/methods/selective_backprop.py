@@ -13,7 +13,7 @@ import torch
 
 from ..batches import take_rows
 from ..errors import UsageError
-from .base import Method, Run, take_options
+from .base import Method, Run, around, take_options
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
 PAPER_HISTORY, PAPER_MICRO_BATCH = 5000, 128
@@ -48,6 +48,7 @@ def default_history(micro_batch: int) -> int:
 
 class SelectiveBackprop(Method):
     extra_work = ("scoring",)
+    studied_on = ("bert",)  # the paper ran batch selection on BERT only
     name = "selective_backprop"
     label = "selective backprop"
     family = "selection"
@@ -77,6 +78,9 @@ class SelectiveBackprop(Method):
         self.queue = ExampleQueue()
         self.counters = SelectionCounters()
         self.generator = torch.Generator()
+
+    def tuning(self) -> dict[str, list]:
+        return {"scale": around(self.options["scale"])}  # C.3: beta, how sharply low losses are dropped
 
     def settings(self) -> dict:
         return dict(self.options)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..optim import SophiaG, decay_groups
-from .base import Method, Run, take_options
+from .base import Method, Run, around, take_options
 from .lion import check_betas
 
 SOPHIA_BETAS = (0.965, 0.99)
@@ -121,6 +121,9 @@ class Sophia(Method):
     @property
     def rst_optimizer(self) -> str:
         return "sophia"
+
+    def tuning(self) -> dict[str, list]:
+        return {"lr": around(self.options["lr"]), "rho": around(self.options["rho"])}  # C.6
 
     def settings(self) -> dict:
         return {"optimizer": "sophia", **self.options, "bs": self.bs, "hessian_at_start": self.at_start,

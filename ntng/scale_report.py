@@ -1,0 +1,211 @@
+"""The text and figures of the book's pages "Choosing the CPU scale" and "Tuning on equal terms", computed from
+the records of `ntng probe` (ntng.probe), of `ntng tune` (ntng.tuning) and of the reference preset's grid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .presets import Preset, format_budget, get_preset, parse_budget
+from .report import load_runs
+from .variants import ABLATIONS
+
+LOWEST = "**"  # marks the lowest final loss of a model in a table
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _show(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+
+def best_probe_rows(rows: list[dict]) -> dict[str, dict]:
+    """model -> the complete probe run with the lowest final loss."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        done = r["status"] == "complete" and r["final_val_loss"] is not None
+        if done and (r["model"] not in best or r["final_val_loss"] < best[r["model"]]["final_val_loss"]):
+            best[r["model"]] = r
+    return best
+
+
+def probe_markdown(rows: list[dict]) -> str:
+    """One table per model: every candidate and learning rate, the lowest final loss in bold."""
+    if not rows:
+        return "*No probe records yet: run `ntng probe` (they land in `results/probe/`).*"
+    best = best_probe_rows(rows)
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        mine = sorted((r for r in rows if r["model"] == model),
+                      key=lambda r: (r["layers"], r["width"], r["batch"], r["lr"]))
+        floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
+        budget = format_budget(mine[0]["budget_rst_s"])
+        out.append(f"**{model.upper()}**, the baseline after {budget} of RST on one core; context-free floor "
+                   f"{_fmt(floor)} nats.\n")
+        out.append("| layers x width | parameters | batch | peak lr | optimizer steps | tokens / RST s | final loss "
+                   "| below floor |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for r in mine:
+            mark = LOWEST if r is best.get(model) else ""
+            loss = _fmt(r["final_val_loss"]) if r["status"] == "complete" else r["status"]
+            tps = "" if r["tokens_per_rst_s"] is None else f"{r['tokens_per_rst_s']:,.0f}"
+            out.append(f"| {r['layers']} x {r['width']} | {r['parameters'] or 0:,} | {r['batch']} | {r['lr']:g} | "
+                       f"{r['steps']} | {tps} | {mark}{loss}{mark} | {mark}{_fmt(r['below_floor'])}{mark} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def probe_command(rows: list[dict]) -> str:
+    """The `ntng probe` command that re-makes these records (it skips the runs that exist)."""
+    if not rows:
+        return "ntng probe"
+    shapes = sorted({(r["layers"], r["width"]) for r in rows})
+    parts = ["ntng probe", "--models", *sorted({r["model"] for r in rows}),
+             "--shapes", *(f"{layers}x{width}" for layers, width in shapes),
+             "--batches", *(str(b) for b in sorted({r["batch"] for r in rows}))]
+    for model in sorted({r["model"] for r in rows}):
+        parts += [f"--{model}-lrs", *(f"{lr:g}" for lr in sorted({r["lr"] for r in rows if r["model"] == model}))]
+    parts += ["--budget", format_budget(rows[0]["budget_rst_s"]), "--jobs", "2"]
+    return " ".join(parts)
+
+
+def probe_figure(rows: list[dict]) -> Figure | None:
+    """Final loss against peak learning rate, one line per shape and batch, one panel per model; the floor dashed."""
+    rows = [r for r in rows if r["status"] == "complete" and r["final_val_loss"] is not None]
+    if not rows:
+        return None
+    models = sorted({r["model"] for r in rows})
+    fig = Figure(figsize=(4.6 * len(models), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, model in zip(axes, models, strict=True):
+        mine = [r for r in rows if r["model"] == model]
+        for key in sorted({(r["layers"], r["width"], r["batch"]) for r in mine}):
+            line = sorted((r for r in mine if (r["layers"], r["width"], r["batch"]) == key), key=lambda r: r["lr"])
+            ax.plot([r["lr"] for r in line], [r["final_val_loss"] for r in line], marker="o",
+                    linestyle="-" if key[2] == min(r["batch"] for r in mine) else "--",
+                    label=f"{key[0]}x{key[1]}, batch {key[2]}")
+        floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
+        if floor is not None:
+            ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("context-free floor", (0.02, floor), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="grey", va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel("final validation loss (nats)")
+        ax.set_title(f"{model.upper()}, {format_budget(mine[0]['budget_rst_s'])} of RST")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def preset_candidate(preset: Preset, model: str) -> tuple[int, int, int, float]:
+    """(layers, width, batch, lr) of a preset's model: what to look up among the probe's candidates."""
+    shape = preset.shape(model)
+    width = shape.hidden if model == "bert" else shape.d_model
+    return shape.num_layers, width, shape.batch, preset.recipe(model).lr
+
+
+def preset_markdown(preset_name: str, probe_rows: list[dict], results: str | Path) -> str:
+    """Where the preset sits in the probe, and how far below the floor its baselines end at each budget."""
+    preset = get_preset(preset_name)
+    best = best_probe_rows(probe_rows)
+    out = []
+    for model in ("bert", "t5"):
+        layers, width, batch, lr = preset_candidate(preset, model)
+        line = f"- **{model.upper()}** at `{preset.name}`: {layers} x {width}, batch {batch}, peak lr {lr:g}"
+        top = best.get(model)
+        if top is not None:
+            same = (top["layers"], top["width"], top["batch"], top["lr"]) == (layers, width, batch, lr)
+            line += (": the probe's lowest final loss." if same else
+                     f"; the probe's lowest final loss was {top['layers']} x {top['width']}, batch {top['batch']}, "
+                     f"lr {top['lr']:g}.")
+        out.append(line)
+    runs = load_runs(results, preset.name).runs
+    base = runs[(runs["method"] == "baseline") & (runs["status"] == "complete")] if len(runs) else runs
+    if len(base):
+        out += ["", "The preset's baselines (seed 0 where there are more), nats below the context-free floor:", "",
+                "| model | budget | final loss | floor | below floor | wall s / RST s |", "|---|---|---|---|---|---|"]
+        for (model, budget_s), g in base.groupby(["model", "budget_rst_s"]):
+            r = g.sort_values("seed").iloc[0]
+            out.append(f"| {model.upper()} | {format_budget(budget_s)} | {_fmt(r['final_val_loss'])} | "
+                       f"{_fmt(r['floor'])} | {_fmt(r['floor'] - r['final_val_loss'])} | "
+                       f"{_fmt(r['wall_s'] / r['rst_s'], 2)} |")
+        ratio = float((base["wall_s"] / base["rst_s"]).mean())
+        rst = grid_rst_seconds(preset, reference_grid_methods(), ablations=len(ABLATIONS))
+        cores = max(1, int(2 // preset.ray_cpus))
+        out += ["", f"One seed of the reference grid is {rst / 60:.0f} min of RST; at the wall time these baselines "
+                f"took per RST second ({ratio:.2f}, evaluations included), {cores} cells at a time on two cores, it "
+                f"takes about **{rst * ratio / cores / 3600:.1f} h** of wall time (each cell's kernel start-up "
+                "not included)."]
+    else:
+        out += ["", f"*No baseline records at `{preset.name}` yet (`ntng sweep --preset {preset.name} --methods "
+                "baseline`).*"]
+    return "\n".join(out)
+
+
+def reference_grid_methods() -> dict[str, list[str]]:
+    """model -> the built-in methods the paper ran on it (each method's `studied_on`)."""
+    from .methods import BUILTINS
+
+    return {model: [name for name, cls in BUILTINS.items() if model in cls.studied_on] for model in ("bert", "t5")}
+
+
+def grid_rst_seconds(preset: Preset, methods_by_model: dict[str, list[str]], ablations: int,
+                     il_models: int = 1) -> float:
+    """RST of one seed of a grid: every method at every budget, the ablations and RHO-LOSS's irreducible-loss
+    models at the middle budget."""
+    budgets = [parse_budget(b) for b in preset.budgets]
+    middle = sorted(budgets)[len(budgets) // 2]
+    total = sum(len(methods) * sum(budgets) for methods in methods_by_model.values())
+    return total + (ablations + il_models) * middle
+
+
+def tuning_markdown(rows: list[dict]) -> str:
+    """One table row per tuned hyper-parameter: the paper's value, each value tried with its final loss, the
+    chosen one (lowest) in bold."""
+    if not rows:
+        return "*No tuning records yet: run `ntng tune --preset P` (they land in `results/tuning/P/`).*"
+    budget, seed, preset = rows[0]["budget"], rows[0]["seed"], rows[0]["preset"]
+    out = [f"Preset `{preset}`: every run {budget} of RST, seed {seed}; final validation loss in nats, the lowest "
+           "in bold.", "",
+           "| model | method | hyper-parameter | paper | tried (final loss) | chosen |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        tried = []
+        for t in r["trials"]:
+            loss = _fmt(t["final_val_loss"]) if t["final_val_loss"] is not None else t["status"]
+            mark = LOWEST if r["chosen"] is not None and t["value"] == r["chosen"] else ""
+            tried.append(f"{mark}{_show(t['value'])}: {loss}{mark}")
+        chosen = "" if r["chosen"] is None else _show(r["chosen"]) + ("" if r["complete"] else " (so far)")
+        paper = "" if r["paper"] is None else _show(r["paper"])
+        out.append(f"| {r['model'].upper()} | {r['method'].replace('_', ' ')} | `{r['key']}` | {paper} | "
+                   f"{'; '.join(tried)} | {chosen} |")
+    return "\n".join(out)
+
+
+def tuning_figure(rows: list[dict]) -> Figure | None:
+    """One small panel per tuned hyper-parameter: final loss against the value tried (log scale), the centre
+    of the grid hollow."""
+    rows = [r for r in rows if any(t["final_val_loss"] is not None for t in r["trials"])]
+    if not rows:
+        return None
+    cols = 4
+    nrows = math.ceil(len(rows) / cols)
+    fig = Figure(figsize=(3.1 * cols, 2.5 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax, r in zip(axes, rows, strict=False):
+        trials = [t for t in r["trials"] if t["final_val_loss"] is not None]
+        # a list-valued setting (stacking points) is placed by its first element
+        xs = [t["value"][0] if isinstance(t["value"], list) else t["value"] for t in trials]
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        ax.plot([xs[i] for i in order], [trials[i]["final_val_loss"] for i in order], marker="o")
+        ax.plot([xs[0]], [trials[0]["final_val_loss"]], marker="o", markerfacecolor="white", color="C0")
+        if all(x > 0 for x in xs):
+            ax.set_xscale("log")
+        ax.set_title(f"{r['model'].upper()} {r['method'].replace('_', ' ')}: {r['key']}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(rows):]:
+        ax.set_visible(False)
+    return fig

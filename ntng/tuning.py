@@ -1,0 +1,132 @@
+"""Tuning on equal terms (`ntng tune`), as the paper tuned every method at its scale (Section 3, Appendix C).
+
+Each method declares the hyper-parameters the paper tuned and the values to try (`Method.tuning()`: the current
+value first, then a factor of two either side, or the method's own rule). The grid goes one axis at a time around
+the current values: a centre run sets every tuned key to its current value, and each other value of a key is one
+run with the other keys at the centre — k tuned keys make 1 + 2k runs, and every key gets three trials. All runs
+at one budget (the preset's smallest) and one seed; the value with the lowest final validation loss is chosen.
+
+The plan (the runs, each axis's values, the centre and the value at preset `paper`) is written to
+RESULTS/<preset>/tuning.json before anything runs and reused when the same command runs again, so an interrupted
+tuning continues with the plan it started with even after the preset's defaults take the chosen values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from .errors import UsageError
+from .methods import build_method, method_names
+from .presets import MODELS, PRESETS, format_budget, get_preset, parse_budget
+from .records import write_json
+from .variants import canonical_method, variant_name
+
+PLAN_NAME = "tuning.json"
+
+
+def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0) -> dict:
+    """Every axis of every method that runs on each model (by default the methods the paper studied on it)."""
+    preset_obj = get_preset(preset)
+    budget = format_budget(parse_budget(budget or min(preset_obj.budgets, key=parse_budget)))
+    axes, cells = [], {}
+    for model in models:
+        if model not in MODELS:
+            raise UsageError(f"unknown model {model!r}")
+        cells[model] = []
+        for method in methods or method_names():
+            hooks = build_method(method, model, preset_obj)
+            if methods is None and model not in hooks.studied_on:
+                continue
+            grid = hooks.tuning()
+            if not grid:
+                continue
+            paper = build_method(method, model, PRESETS["paper"]).tuning()
+            centre = {key: values[0] for key, values in grid.items()}
+            for key, values in grid.items():
+                runs = [canonical_method(variant_name(method, {**centre, key: value})) for value in values]
+                axes.append({"model": model, "method": method, "key": key, "values": values, "runs": runs,
+                             "centre": values[0], "paper": paper[key][0] if key in paper else None})
+                cells[model] += [run for run in runs if run not in cells[model]]
+    return {"preset": preset, "budget": budget, "seed": seed, "planned_on": time.strftime("%Y-%m-%d"),
+            "axes": axes, "runs": cells}
+
+
+def plan_path(results: str | Path, preset: str) -> Path:
+    return Path(results) / preset / PLAN_NAME
+
+
+def tuned_presets(results: str | Path) -> list[str]:
+    """The presets with a tuning plan under `results`."""
+    return sorted(path.parent.name for path in Path(results).glob(f"*/{PLAN_NAME}"))
+
+
+def tune(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0,
+         results: str | Path = "results/tuning", jobs: int = 1, log=print) -> list[dict]:
+    """Plan (or reuse the plan of an interrupted tuning), run every planned run through the sweep (complete runs
+    are skipped), and return `tuning_rows`."""
+    from .grid import sweep
+
+    path = plan_path(results, preset)
+    if path.exists():
+        plan = json.loads(path.read_text())
+        log(f"continuing the plan of {plan['planned_on']} in {path} (delete it to plan afresh)")
+    else:
+        plan = plan_tuning(preset, models, methods, budget, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, plan)
+    for model, runs in plan["runs"].items():
+        if runs:
+            log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
+            sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]], seeds=[plan["seed"]],
+                  results=results, jobs=jobs, log=log)
+    return tuning_rows(results, preset)
+
+
+def _final_loss(run_dir: Path) -> tuple[str, float | None]:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return "missing", None
+    summary = json.loads(path.read_text())
+    return summary.get("status", "missing"), summary.get("final_val_loss")
+
+
+def tuning_rows(results: str | Path, preset: str) -> list[dict]:
+    """One row per axis: the values tried, each run's status and final loss, and the chosen value (the lowest
+    complete final loss; None until a run of the axis completes)."""
+    path = plan_path(results, preset)
+    if not path.exists():
+        return []
+    plan = json.loads(path.read_text())
+    rows = []
+    for axis in plan["axes"]:
+        trials = []
+        for value, run in zip(axis["values"], axis["runs"], strict=True):
+            status, loss = _final_loss(Path(results) / preset / axis["model"] / run / plan["budget"] /
+                                       f"seed{plan['seed']}")
+            trials.append({"value": value, "run": run, "status": status, "final_val_loss": loss})
+        done = [t for t in trials if t["status"] == "complete" and t["final_val_loss"] is not None
+                and math.isfinite(t["final_val_loss"])]
+        best = min(done, key=lambda t: t["final_val_loss"]) if done else None
+        rows.append({**{k: axis[k] for k in ("model", "method", "key", "centre", "paper")},
+                     "preset": preset, "budget": plan["budget"], "seed": plan["seed"], "trials": trials,
+                     "chosen": best["value"] if best else None,
+                     "chosen_loss": best["final_val_loss"] if best else None,
+                     "complete": len(done) == len(trials)})
+    return rows
+
+
+def format_tuning(rows: list[dict]) -> str:
+    def show(value):
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+    lines = [f"{'model':5s} {'method':20s} {'key':18s} {'paper':>12s} {'tried (final loss)':44s} chosen"]
+    for r in rows:
+        tried = "  ".join(f"{show(t['value'])} ({t['final_val_loss']:.3f})" if t["final_val_loss"] is not None
+                          else f"{show(t['value'])} ({t['status']})" for t in r["trials"])
+        paper = "" if r["paper"] is None else show(r["paper"])
+        chosen = "" if r["chosen"] is None else show(r["chosen"]) + ("" if r["complete"] else " (so far)")
+        lines.append(f"{r['model']:5s} {r['method']:20s} {r['key']:18s} {paper:>12s} {tried:44s} {chosen}")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Choosing the CPU scale: the probe's candidates, its records, the tuning plan and its choice, the reference
+preset. Expected values are stated by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import synthetic_results as syn
+
+from ntng import probe, scale_report, tuning
+from ntng.errors import UsageError
+from ntng.methods import build_method
+from ntng.presets import BERT_PAPER_RECIPE, T5_PAPER_RECIPE, get_preset, load_custom_presets, parse_budget, with_peak_lr
+from ntng.variants import canonical_method, parse_variant
+
+
+def test_shapes_are_parsed_and_refused_in_one_line():
+    assert probe.parse_shape("bert", "8x192") == probe.Shape("bert", 8, 192)
+    for bad in ("3x128", "4x100", "4by128", "x128", "0x0"):
+        with pytest.raises(UsageError):
+            probe.parse_shape("bert", bad)
+
+
+def test_candidates_become_presets_the_loader_accepts(tmp_path):
+    cands = probe.candidates(["bert", "t5"], ["8x192"], [16, 64], micro_batch=32)
+    assert [(c.shape.model, c.batch, c.micro_batch) for c in cands] == [("bert", 16, 16), ("bert", 64, 32),
+                                                                         ("t5", 16, 16), ("t5", 64, 32)]
+    path = tmp_path / "presets.json"
+    path.write_text(json.dumps(probe.preset_entries(cands, "smoke", "2m")))
+    presets = load_custom_presets(path)
+    bert = presets["probe-bert-8x192-b64"]
+    assert (bert.bert.num_layers, bert.bert.hidden, bert.bert.heads, bert.bert.intermediate) == (8, 192, 3, 768)
+    assert (bert.bert.micro_batch, bert.bert.grad_accum, bert.bert.batch) == (32, 2, 64)
+    assert bert.bert_recipe.eval_sequences == probe.PROBE_EVAL_SEQUENCES and bert.budgets == ("2m",) * 3
+    t5 = presets["probe-t5-8x192-b16"].t5
+    assert (t5.num_layers, t5.d_model, t5.d_kv, t5.heads, t5.d_ff, t5.micro_batch, t5.grad_accum) == \
+        (8, 192, 32, 6, 384, 16, 1)
+    with pytest.raises(UsageError, match="micro-batches"):
+        probe.candidates(["bert"], ["4x128"], [48], micro_batch=32)
+
+
+def test_probe_rows_and_the_lowest_candidate(tmp_path):
+    syn.write_probe(tmp_path)
+    rows = probe.probe_rows(tmp_path / "probe")
+    assert len(rows) == len(syn.PROBE)
+    row = next(r for r in rows if r["model"] == "bert" and r["batch"] == 16 and r["lr"] == 0.004)
+    assert row["layers"] == 4 and row["width"] == 64 and row["parameters"] == 256_000
+    assert row["below_floor"] == pytest.approx(6.5 - 6.12)
+    assert row["tokens_per_rst_s"] == pytest.approx(100 * 16 * 128 / 60)
+    best = scale_report.best_probe_rows(rows)
+    assert (best["bert"]["final_val_loss"], best["t5"]["final_val_loss"]) == (6.12, 5.55)
+    text = scale_report.probe_markdown(rows)
+    assert "**6.120**" in text and "**5.550**" in text
+    assert sum("**" in line for line in text.splitlines() if line.startswith("| ")) == 2  # one lowest per model
+
+
+def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path):
+    command = [sys.executable, "-m", "ntng.cli", "probe", "--models", "bert", "--shapes", "4x32", "--batches", "8",
+               "--bert-lrs", "0.004", "--budget", "2s", "--repeats", "1", "--results", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    table = json.loads((tmp_path / "tables" / "bert-4x32-m8.json").read_text())
+    assert table["machine"].find("torch_threads=1") >= 0  # the reference system of a CPU preset: one core
+    summary = json.loads((tmp_path / "bert" / "4x32-b8" / "lr0.004" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["budget_rst_s"] == 2.0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "calibrating" not in again.stdout
+    assert json.loads((tmp_path / "bert" / "4x32-b8" / "lr0.004" / "summary.json").read_text()) == summary
+    bad = subprocess.run(command[:-2] + ["--shapes", "3x32"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "multiple of 4" in bad.stderr
+
+
+def test_with_peak_lr_keeps_the_paper_ratios():
+    bert = with_peak_lr(BERT_PAPER_RECIPE, 4e-3)  # 4x the paper's 1e-3
+    assert (bert.lr, bert.lion_lr, bert.sophia_lr, bert.layer_dropping_lr) == (4e-3, pytest.approx(2.8e-3),
+                                                                               pytest.approx(1.6e-3), None)
+    t5 = with_peak_lr(T5_PAPER_RECIPE, 1e-2)  # half the paper's 2e-2
+    assert (t5.lion_lr, t5.sophia_lr, t5.layer_dropping_lr) == (pytest.approx(3.75e-4), pytest.approx(5e-4),
+                                                                pytest.approx(5e-3))
+
+
+def test_every_method_declares_what_the_paper_tuned():
+    smoke = get_preset("smoke")
+    grids = {m: build_method(m, "bert", smoke).tuning() for m in
+             ("baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss", "lion", "sophia")}
+    assert grids["baseline"] == {"recipe.lr": [1e-3, 5e-4, 2e-3]}
+    assert grids["layer_stacking"] == {"points": [[0.125, 0.3], [0.0625, 0.15], [0.25, 0.6]]}
+    assert grids["layer_dropping"] == {"gamma_factor": [100.0, 50.0, 200.0]}
+    assert grids["selective_backprop"] == {"scale": [1.0, 0.5, 2.0]}
+    assert grids["rho_loss"] == {"mega_batch_factor": [2, 4, 8]}
+    assert grids["lion"] == {"lr": [7e-4, 3.5e-4, 1.4e-3], "weight_decay": [0.1, 0.05, 0.2]}
+    assert grids["sophia"] == {"lr": [4e-4, 2e-4, 8e-4], "rho": [0.01, 0.005, 0.02]}
+    t5 = {m: build_method(m, "t5", smoke).tuning() for m in ("layer_dropping", "lion")}
+    assert t5["layer_dropping"] == {"gamma_factor": [20.0, 10.0, 40.0], "lr": [1e-2, 5e-3, 2e-2]}
+    assert t5["lion"]["weight_decay"] == [0.0, 0.01, 0.1]
+
+
+def test_the_tuning_plan_goes_one_axis_at_a_time_on_the_papers_scope():
+    plan = tuning.plan_tuning("smoke")
+    assert plan["budget"] == "3s" and plan["seed"] == 0
+    methods = {m: {parse_variant(r).method for r in plan["runs"][m]} for m in ("bert", "t5")}
+    assert methods["bert"] == {"baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss",
+                               "lion", "sophia"}
+    assert methods["t5"] == {"baseline", "layer_stacking", "layer_dropping", "lion", "sophia"}  # the paper's T5
+    lion = [r for r in plan["runs"]["bert"] if r.startswith("lion")]
+    # 2 keys x 3 values around one centre: 1 + 2 x 2 runs
+    assert lion == ["lion+lr=0.0007+weight_decay=0.1", "lion+lr=0.00035+weight_decay=0.1",
+                    "lion+lr=0.0014+weight_decay=0.1", "lion+lr=0.0007+weight_decay=0.05",
+                    "lion+lr=0.0007+weight_decay=0.2"]
+    assert all(canonical_method(r) == r for rs in plan["runs"].values() for r in rs)
+    assert len(plan["runs"]["bert"]) == 3 + 3 + 3 + 3 + 3 + 5 + 5 and len(plan["runs"]["t5"]) == 3 + 3 + 5 + 5 + 5
+    axis = next(a for a in plan["axes"] if a["model"] == "t5" and a["method"] == "baseline")
+    assert axis["paper"] == 2e-2 and axis["centre"] == 2e-2
+
+
+def test_tuning_rows_choose_the_lowest_complete_loss(tmp_path):
+    syn.write_tuning(tmp_path)
+    rows = tuning.tuning_rows(tmp_path / "tuning", syn.PRESET)
+    assert len(rows) == 1 and rows[0]["chosen"] == 0.00035 and rows[0]["complete"]
+    assert tuning.tuned_presets(tmp_path / "tuning") == [syn.PRESET]
+    best = tmp_path / "tuning" / syn.PRESET / "bert" / "lion+lr=0.00035" / "5s" / "seed0" / "summary.json"
+    best.write_text(json.dumps({"status": "diverged", "final_val_loss": None}))
+    rows = tuning.tuning_rows(tmp_path / "tuning", syn.PRESET)
+    assert rows[0]["chosen"] == 0.0007 and not rows[0]["complete"]
+    assert "0.0007 (so far)" in tuning.format_tuning(rows)
+
+
+def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
+    import ntng.grid
+
+    calls = []
+    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: calls.append(kw) or [])
+    syn.write_tuning(tmp_path)
+    tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", jobs=2, log=lambda m: None)
+    # the plan on disk (lion), not a new one for the methods asked this time
+    assert [(c["models"], c["methods"], c["budgets"], c["seeds"], c["jobs"]) for c in calls] == \
+        [(["bert"], list(syn.TUNING_LOSSES), ["5s"], [0], 2)]
+    calls.clear()
+    fresh = tmp_path / "fresh"
+    tuning.tune("smoke", models=["t5"], methods=["lion"], results=fresh, log=lambda m: None)
+    plan = json.loads((fresh / "smoke" / "tuning.json").read_text())
+    assert calls[0]["methods"] == plan["runs"]["t5"] and len(plan["runs"]["t5"]) == 5
+
+
+def test_the_reference_preset():
+    cpu = get_preset("cpu")
+    budgets = [parse_budget(b) for b in cpu.budgets]
+    assert budgets[1] == 2 * budgets[0] and budgets[2] == 4 * budgets[0]  # the paper's 1:2:4
+    assert cpu.seeds == (0, 1, 2) and cpu.ray_cpus == 1.0
+    for model in ("bert", "t5"):
+        from ntng.rst import shipped_table
+        table = shipped_table("cpu", model)
+        assert "torch_threads=1" in table.machine  # one cell per core
+        assert table.micro_batch["sequences"] == cpu.shape(model).micro_batch
+    # one seed of the reference grid: BERT's seven methods and T5's five at three budgets, three ablations and
+    # one irreducible-loss model at the middle budget
+    rst = scale_report.grid_rst_seconds(cpu, {"bert": ["m"] * 7, "t5": ["m"] * 5}, ablations=3)
+    assert rst == 12 * (120 + 240 + 480) + 4 * 240
+
+
+def test_a_presets_method_options_are_the_methods_defaults_under_a_runs_settings(tmp_path):
+    path = tmp_path / "presets.json"
+    path.write_text(json.dumps([{"name": "tuned", "base": "smoke",
+                                 "method_options": {"bert": {"layer_dropping": {"gamma_factor": 50.0}}}}]))
+    tuned = load_custom_presets(path)["tuned"]
+    assert build_method("layer_dropping", "bert", tuned).gamma_factor == 50.0
+    assert build_method("layer_dropping", "bert", tuned, gamma_factor=25.0).gamma_factor == 25.0
+    assert build_method("layer_dropping", "t5", tuned).gamma_factor == 20.0  # T5: the paper's
+    path.write_text(json.dumps([{"name": "bad", "base": "smoke", "method_options": {"bert": [1]}}]))
+    with pytest.raises(UsageError, match="method_options"):
+        load_custom_presets(path)
