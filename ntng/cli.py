@@ -198,11 +198,11 @@ def build_parser() -> OneLineParser:
                        "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. Prints "
                        "each axis's final losses and the chosen value (the lowest).")
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
     p.add_argument("--methods", nargs="+", type=_method, default=None,
                    help="default: every method on the models the paper ran it on")
     p.add_argument("--budget", type=_budget, default=None, help="default: the preset's smallest")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=None, help="default: 0")
     p.add_argument("--jobs", type=_positive_int, default=1, help="runs at once")
     p.add_argument("--results", type=Path, default=Path("results/tuning"))
 
@@ -321,7 +321,8 @@ def cmd_tune(args) -> int:
     rows = tune(preset=args.preset, models=args.models, methods=args.methods, budget=args.budget, seed=args.seed,
                 results=args.results, jobs=args.jobs, log=lambda m: print(f"ntng tune: {m}", flush=True))
     print(format_tuning(rows), flush=True)
-    return 1 if any(t["status"] in ("failed", "diverged") for r in rows for t in r["trials"]) else 0
+    # a diverged trial is a result (too large a value); a failed one is not
+    return 1 if any(t["status"] in ("failed", "missing") for r in rows for t in r["trials"]) else 0
 
 
 def cmd_probe(args) -> int:

@@ -144,7 +144,7 @@ class Preset:
     ray_gpus: float = 0.0
     # model -> method -> option -> value: a method's defaults at this preset (what tuning chose here), under the
     # settings a run gives (--set). Values the recipe carries (lion_lr, sophia_lr...) stay in the recipe.
-    method_options: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):

@@ -76,9 +76,10 @@ def parse_shape(model: str, text: str) -> Shape:
         layers, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"bad shape {text!r}: give LAYERSxWIDTH, e.g. 4x128") from None
-    if layers < 4 or layers % 4 or width < 32 or width % 32:
-        raise UsageError(f"bad shape {text!r}: layers must be a multiple of 4 (layer stacking), width a multiple "
-                         "of 32 (whole attention heads)")
+    head = 64 if model == "bert" else 32  # BERT: heads of 64 dimensions; T5: d_kv 32
+    if layers < 4 or layers % 4 or width < head or width % head:
+        raise UsageError(f"bad {model} shape {text!r}: layers must be a multiple of 4 (layer stacking), width a "
+                         f"multiple of {head} (whole attention heads)")
     return Shape(model, layers, width)
 
 
@@ -106,6 +107,19 @@ def preset_entries(cands: list[Candidate], base: str, budget: str) -> list[dict]
             "description": f"scale probe candidate: {cand.shape.name}, {cand.batch} sequences per step",
         })
     return entries
+
+
+def merged_entries(presets_file: Path, entries: list[dict]) -> list[dict]:
+    """The candidates already in `presets_file` plus `entries`; a candidate of the same name made with other
+    settings (another budget or base) is refused: its runs and table would be reused for the wrong thing."""
+    old = json.loads(presets_file.read_text()) if presets_file.exists() else []
+    by_name = {e["name"]: e for e in old}
+    for entry in entries:
+        if entry["name"] in by_name and by_name[entry["name"]] != entry:
+            raise UsageError(f"{presets_file.parent} holds a probe of {entry['name']} with other settings (budget or "
+                             "base preset): give another --results")
+        by_name[entry["name"]] = entry
+    return list(by_name.values())
 
 
 def _env(presets_file: Path) -> dict:
@@ -136,7 +150,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     presets_file = results / "presets.json"
-    write_json(presets_file, preset_entries(cands, base, budget))
+    write_json(presets_file, merged_entries(presets_file, preset_entries(cands, base, budget)))
     env = _env(presets_file)
 
     tables = {}
@@ -164,7 +178,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
         else:
             code = _ntng(["pretrain", "--model", cand.shape.model, "--method", "baseline", "--budget", budget,
                           "--preset", cand.preset_name, "--set", f"recipe.lr={lr!r}", "--rst-table",
-                          str(tables[cand]), "--out", str(out), "--resume"], env, out.with_suffix(".log"))
+                          str(tables[cand]), "--out", str(out), "--resume"], env, out.parent / f"{out.name}.log")
             status = "complete" if code == 0 else f"exit {code}"
         with lock:
             done[0] += 1
@@ -172,42 +186,58 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, cells))
-    return probe_rows(results)
+    found = {(r["preset"], r["lr"]): r for r in probe_rows(results)}
+    # the cells asked for, in order; one that left no record (refused before it started) is "missing"
+    return [found.get((cand.preset_name, lr)) or {"model": cand.shape.model, "preset": cand.preset_name,
+                                                  "status": "missing", "lr": lr} for cand, lr in cells]
 
 
-def probe_rows(results: str | Path = "results/probe") -> list[dict]:
+def probe_rows(results: str | Path = "results/probe", unreadable: list | None = None) -> list[dict]:
     """One row per probe run found under `results`: shape, batch, lr, parameters, final loss and its distance
-    below the context-free floor, throughput."""
+    below the context-free floor, throughput. A run whose records cannot be read is left out and, when
+    `unreadable` is a list, added to it (its directory and the reason)."""
     rows = []
     for config_path in sorted(Path(results).glob("*/*/lr*/config.json")):
-        config = json.loads(config_path.read_text())
         summary_path = config_path.with_name("summary.json")
         if not summary_path.exists():
             continue
-        summary = json.loads(summary_path.read_text())
-        model = config["model"]
-        shape = config["shape"]
-        floor = (config.get("data") or {}).get("floor")
-        loss = summary.get("final_val_loss")
-        rows.append({
-            "model": model, "preset": config["preset"], "shape": config_path.parent.parent.name.split("-b")[0],
-            "layers": shape.get("num_layers"), "width": shape.get("hidden") or shape.get("d_model"),
-            "batch": shape["micro_batch"] * shape["grad_accum"],
-            "lr": config["recipe"]["lr"], "parameters": (config.get("model_config") or {}).get("num_parameters"),
-            "status": summary["status"], "steps": summary.get("steps"), "tokens": summary.get("tokens"),
-            "budget_rst_s": summary.get("budget_rst_s"), "wall_s": summary.get("wall_s"),
-            "tokens_per_rst_s": summary["tokens"] / summary["rst_s"] if summary.get("rst_s") else None,
-            "final_val_loss": loss, "floor": floor,
-            "below_floor": floor - loss if floor is not None and loss is not None else None,
-        })
+        try:
+            rows.append(_probe_row(config_path, summary_path))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if unreadable is not None:
+                unreadable.append((str(config_path.parent), f"{type(exc).__name__}: {exc}"))
     return rows
+
+
+def _probe_row(config_path: Path, summary_path: Path) -> dict:
+    config = json.loads(config_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    model = config["model"]
+    shape = config["shape"]
+    floor = (config.get("data") or {}).get("floor")
+    loss = summary.get("final_val_loss")
+    return {
+        "model": model, "preset": config["preset"], "shape": config_path.parent.parent.name.split("-b")[0],
+        "layers": shape.get("num_layers"), "width": shape.get("hidden") or shape.get("d_model"),
+        "batch": shape["micro_batch"] * shape["grad_accum"],
+        "lr": config["recipe"]["lr"], "parameters": (config.get("model_config") or {}).get("num_parameters"),
+        "status": summary["status"], "steps": summary.get("steps"), "tokens": summary.get("tokens"),
+        "budget_rst_s": summary.get("budget_rst_s"), "wall_s": summary.get("wall_s"),
+        "tokens_per_rst_s": summary["tokens"] / summary["rst_s"] if summary.get("rst_s") else None,
+        "final_val_loss": loss, "floor": floor,
+        "below_floor": floor - loss if floor is not None and loss is not None else None,
+    }
 
 
 def format_rows(rows: list[dict]) -> str:
     head = f"{'model':5s} {'shape':7s} {'batch':>5s} {'lr':>8s} {'params':>10s} {'steps':>6s} {'tok/s':>7s} " \
            f"{'loss':>7s} {'below':>6s} status"
     lines = [head]
-    for r in sorted(rows, key=lambda r: (r["model"], r["layers"] or 0, r["width"] or 0, r["batch"], r["lr"])):
+    for r in rows:
+        if r["status"] == "missing":
+            lines.append(f"{r['model']:5s} {r['preset']} lr {r['lr']:g}: no record (see its log)")
+    done = [r for r in rows if r["status"] != "missing"]
+    for r in sorted(done, key=lambda r: (r["model"], r["layers"] or 0, r["width"] or 0, r["batch"], r["lr"])):
         loss = "" if r["final_val_loss"] is None else f"{r['final_val_loss']:.3f}"
         below = "" if r["below_floor"] is None else f"{r['below_floor']:.3f}"
         tps = "" if r["tokens_per_rst_s"] is None else f"{r['tokens_per_rst_s']:.0f}"

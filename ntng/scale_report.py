@@ -33,10 +33,14 @@ def best_probe_rows(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
-def probe_markdown(rows: list[dict]) -> str:
-    """One table per model: every candidate and learning rate, the lowest final loss in bold."""
+def probe_markdown(rows: list[dict], unreadable=()) -> str:
+    """One table per model: every candidate and learning rate, the lowest final loss in bold; then the runs whose
+    records could not be read."""
+    damaged = [f"- `{where}`: {why}" for where, why in unreadable]
+    if damaged:
+        damaged.insert(0, "\nRecords that cannot be read (left out above):\n")
     if not rows:
-        return "*No probe records yet: run `ntng probe` (they land in `results/probe/`).*"
+        return "\n".join(["*No probe records yet: run `ntng probe` (they land in `results/probe/`).*", *damaged])
     best = best_probe_rows(rows)
     out = []
     for model in sorted({r["model"] for r in rows}):
@@ -56,21 +60,29 @@ def probe_markdown(rows: list[dict]) -> str:
             out.append(f"| {r['layers']} x {r['width']} | {r['parameters'] or 0:,} | {r['batch']} | {r['lr']:g} | "
                        f"{r['steps']} | {tps} | {mark}{loss}{mark} | {mark}{_fmt(r['below_floor'])}{mark} |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + damaged)
 
 
-def probe_command(rows: list[dict]) -> str:
-    """The `ntng probe` command that re-makes these records (it skips the runs that exist)."""
-    if not rows:
-        return "ntng probe"
-    shapes = sorted({(r["layers"], r["width"]) for r in rows})
-    parts = ["ntng probe", "--models", *sorted({r["model"] for r in rows}),
-             "--shapes", *(f"{layers}x{width}" for layers, width in shapes),
-             "--batches", *(str(b) for b in sorted({r["batch"] for r in rows}))]
-    for model in sorted({r["model"] for r in rows}):
-        parts += [f"--{model}-lrs", *(f"{lr:g}" for lr in sorted({r["lr"] for r in rows if r["model"] == model}))]
-    parts += ["--budget", format_budget(rows[0]["budget_rst_s"]), "--jobs", "2"]
-    return " ".join(parts)
+def probe_commands(rows: list[dict]) -> list[str]:
+    """`ntng probe` commands that re-make these records (each skips the runs that exist): one per model and set of
+    learning rates, over the shapes x batches tried with them (split by batch where they are not a full grid)."""
+    groups: dict[tuple, set] = {}
+    for r in rows:
+        lrs = tuple(sorted({x["lr"] for x in rows if x["model"] == r["model"] and x["layers"] == r["layers"]
+                            and x["width"] == r["width"] and x["batch"] == r["batch"]}))
+        groups.setdefault((r["model"], r["budget_rst_s"], lrs), set()).add((r["layers"], r["width"], r["batch"]))
+    commands = []
+    for (model, budget_s, lrs), cells in sorted(groups.items()):
+        shapes = sorted({(layers, width) for layers, width, _ in cells})
+        batches = sorted({batch for _, _, batch in cells})
+        full = len(cells) == len(shapes) * len(batches)
+        for batch_set in [batches] if full else [[b] for b in batches]:
+            mine = shapes if full else sorted({(la, w) for la, w, b in cells if b == batch_set[0]})
+            commands.append(" ".join(["ntng probe --models", model, "--shapes", *(f"{la}x{w}" for la, w in mine),
+                                      "--batches", *map(str, batch_set), f"--{model}-lrs",
+                                      *(f"{lr:g}" for lr in lrs), "--budget", format_budget(budget_s),
+                                      "--jobs 2"]))
+    return commands
 
 
 def probe_figure(rows: list[dict]) -> Figure | None:
@@ -201,7 +213,9 @@ def tuning_figure(rows: list[dict]) -> Figure | None:
         xs = [t["value"][0] if isinstance(t["value"], list) else t["value"] for t in trials]
         order = sorted(range(len(xs)), key=lambda i: xs[i])
         ax.plot([xs[i] for i in order], [trials[i]["final_val_loss"] for i in order], marker="o")
-        ax.plot([xs[0]], [trials[0]["final_val_loss"]], marker="o", markerfacecolor="white", color="C0")
+        centre = [i for i, t in enumerate(trials) if t["value"] == r["centre"]]
+        for i in centre:
+            ax.plot([xs[i]], [trials[i]["final_val_loss"]], marker="o", markerfacecolor="white", color="C0")
         if all(x > 0 for x in xs):
             ax.set_xscale("log")
         ax.set_title(f"{r['model'].upper()} {r['method'].replace('_', ' ')}: {r['key']}", fontsize=8)

@@ -22,7 +22,7 @@ from .errors import UsageError
 from .methods import build_method, method_names
 from .presets import MODELS, PRESETS, format_budget, get_preset, parse_budget
 from .records import write_json
-from .variants import canonical_method, variant_name
+from .variants import canonical_method, run_name, variant_name
 
 PLAN_NAME = "tuning.json"
 
@@ -47,7 +47,9 @@ def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = N
             centre = {key: values[0] for key, values in grid.items()}
             for key, values in grid.items():
                 runs = [canonical_method(variant_name(method, {**centre, key: value})) for value in values]
+                dirs = [run_name(run) for run in runs]
                 axes.append({"model": model, "method": method, "key": key, "values": values, "runs": runs,
+                             "run_dirs": dirs,
                              "centre": values[0], "paper": paper[key][0] if key in paper else None})
                 cells[model] += [run for run in runs if run not in cells[model]]
     return {"preset": preset, "budget": budget, "seed": seed, "planned_on": time.strftime("%Y-%m-%d"),
@@ -63,25 +65,46 @@ def tuned_presets(results: str | Path) -> list[str]:
     return sorted(path.parent.name for path in Path(results).glob(f"*/{PLAN_NAME}"))
 
 
-def tune(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0,
+def check_same_plan(plan: dict, path: Path, models, methods, budget, seed) -> None:
+    """An interrupted tuning continues its own plan; asking for another one is refused, not silently ignored."""
+    asked = {"models": None if models is None else sorted(models),
+             "methods": None if methods is None else sorted(canonical_method(m) for m in methods),
+             "budget": None if budget is None else format_budget(parse_budget(budget)), "seed": seed}
+    planned = {"models": sorted(plan["runs"]), "methods": sorted({a["method"] for a in plan["axes"]}),
+               "budget": plan["budget"], "seed": plan["seed"]}
+    differ = [key for key, value in asked.items() if value is not None and value != planned[key]]
+    if differ:
+        raise UsageError(f"{path} plans another tuning ({', '.join(differ)} differ); delete it to plan afresh, or "
+                         "give another --results")
+
+
+def tune(preset: str, models=None, methods=None, budget: str | None = None, seed: int | None = None,
          results: str | Path = "results/tuning", jobs: int = 1, log=print) -> list[dict]:
-    """Plan (or reuse the plan of an interrupted tuning), run every planned run through the sweep (complete runs
-    are skipped), and return `tuning_rows`."""
+    """Plan (or continue the plan of an interrupted tuning), run every planned run through the sweep (complete
+    runs are skipped), and return `tuning_rows`. Defaults: both models, every method the paper ran on each, the
+    preset's smallest budget, seed 0."""
     from .grid import sweep
 
     path = plan_path(results, preset)
-    if path.exists():
-        plan = json.loads(path.read_text())
-        log(f"continuing the plan of {plan['planned_on']} in {path} (delete it to plan afresh)")
-    else:
-        plan = plan_tuning(preset, models, methods, budget, seed)
+    fresh = not path.exists()
+    if fresh:
+        plan = plan_tuning(preset, models or MODELS, methods, budget, 0 if seed is None else seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, plan)
-    for model, runs in plan["runs"].items():
-        if runs:
-            log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
-            sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]], seeds=[plan["seed"]],
-                  results=results, jobs=jobs, log=log)
+    else:
+        plan = json.loads(path.read_text())
+        check_same_plan(plan, path, models, methods, budget, seed)
+        log(f"continuing the plan of {plan['planned_on']} in {path}")
+    try:
+        for model, runs in plan["runs"].items():
+            if runs:
+                log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
+                sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]], seeds=[plan["seed"]],
+                      results=results, jobs=jobs, log=log)
+    except UsageError:
+        if fresh and not any((path.parent / model).exists() for model in plan["runs"]):
+            path.unlink()  # refused before anything ran: leave nothing behind
+        raise
     return tuning_rows(results, preset)
 
 
@@ -89,8 +112,11 @@ def _final_loss(run_dir: Path) -> tuple[str, float | None]:
     path = run_dir / "summary.json"
     if not path.exists():
         return "missing", None
-    summary = json.loads(path.read_text())
-    return summary.get("status", "missing"), summary.get("final_val_loss")
+    try:
+        summary = json.loads(path.read_text())
+        return summary.get("status", "missing"), summary.get("final_val_loss")
+    except (OSError, ValueError, AttributeError):
+        return "unreadable", None
 
 
 def tuning_rows(results: str | Path, preset: str) -> list[dict]:
@@ -103,18 +129,19 @@ def tuning_rows(results: str | Path, preset: str) -> list[dict]:
     rows = []
     for axis in plan["axes"]:
         trials = []
-        for value, run in zip(axis["values"], axis["runs"], strict=True):
-            status, loss = _final_loss(Path(results) / preset / axis["model"] / run / plan["budget"] /
+        for value, run, name in zip(axis["values"], axis["runs"], axis.get("run_dirs", axis["runs"]), strict=True):
+            status, loss = _final_loss(Path(results) / preset / axis["model"] / name / plan["budget"] /
                                        f"seed{plan['seed']}")
             trials.append({"value": value, "run": run, "status": status, "final_val_loss": loss})
         done = [t for t in trials if t["status"] == "complete" and t["final_val_loss"] is not None
                 and math.isfinite(t["final_val_loss"])]
+        final = [t for t in trials if t["status"] in ("complete", "diverged")]  # a diverged run is not re-run
         best = min(done, key=lambda t: t["final_val_loss"]) if done else None
         rows.append({**{k: axis[k] for k in ("model", "method", "key", "centre", "paper")},
                      "preset": preset, "budget": plan["budget"], "seed": plan["seed"], "trials": trials,
                      "chosen": best["value"] if best else None,
                      "chosen_loss": best["final_val_loss"] if best else None,
-                     "complete": len(done) == len(trials)})
+                     "complete": len(final) == len(trials)})
     return rows
 
 

@@ -19,9 +19,10 @@ from ntng.variants import canonical_method, parse_variant
 
 def test_shapes_are_parsed_and_refused_in_one_line():
     assert probe.parse_shape("bert", "8x192") == probe.Shape("bert", 8, 192)
-    for bad in ("3x128", "4x100", "4by128", "x128", "0x0"):
+    for bad in ("3x128", "4x100", "4x96", "4by128", "x128", "0x0"):
         with pytest.raises(UsageError):
             probe.parse_shape("bert", bad)
+    assert probe.parse_shape("t5", "4x96").width == 96  # T5's heads are 32 wide
 
 
 def test_candidates_become_presets_the_loader_accepts(tmp_path):
@@ -42,6 +43,17 @@ def test_candidates_become_presets_the_loader_accepts(tmp_path):
         probe.candidates(["bert"], ["4x128"], [48], micro_batch=32)
 
 
+def test_a_probe_refuses_to_reuse_candidates_made_with_other_settings(tmp_path):
+    cands = probe.candidates(["bert"], ["4x128"], [32], micro_batch=32)
+    path = tmp_path / "presets.json"
+    path.write_text(json.dumps(probe.preset_entries(cands, "smoke", "2m")))
+    more = probe.candidates(["bert"], ["4x128", "8x128"], [32], micro_batch=32)
+    assert [e["name"] for e in probe.merged_entries(path, probe.preset_entries(more, "smoke", "2m"))] == \
+        ["probe-bert-4x128-b32", "probe-bert-8x128-b32"]
+    with pytest.raises(UsageError, match="other settings"):
+        probe.merged_entries(path, probe.preset_entries(cands, "smoke", "4m"))
+
+
 def test_probe_rows_and_the_lowest_candidate(tmp_path):
     syn.write_probe(tmp_path)
     rows = probe.probe_rows(tmp_path / "probe")
@@ -52,24 +64,28 @@ def test_probe_rows_and_the_lowest_candidate(tmp_path):
     assert row["tokens_per_rst_s"] == pytest.approx(100 * 16 * 128 / 60)
     best = scale_report.best_probe_rows(rows)
     assert (best["bert"]["final_val_loss"], best["t5"]["final_val_loss"]) == (6.12, 5.55)
-    text = scale_report.probe_markdown(rows)
-    assert "**6.120**" in text and "**5.550**" in text
+    (tmp_path / "probe" / "t5" / "4x64-b16" / "lr0.04" / "summary.json").write_text("{oops")
+    unreadable = []
+    rows = probe.probe_rows(tmp_path / "probe", unreadable)
+    assert len(rows) == len(syn.PROBE) - 1 and len(unreadable) == 1 and "4x64-b16/lr0.04" in unreadable[0][0]
+    text = scale_report.probe_markdown(rows, unreadable)
+    assert "**6.120**" in text and "**5.550**" in text and "cannot be read" in text
     assert sum("**" in line for line in text.splitlines() if line.startswith("| ")) == 2  # one lowest per model
 
 
 def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path):
-    command = [sys.executable, "-m", "ntng.cli", "probe", "--models", "bert", "--shapes", "4x32", "--batches", "8",
+    command = [sys.executable, "-m", "ntng.cli", "probe", "--models", "bert", "--shapes", "4x64", "--batches", "8",
                "--bert-lrs", "0.004", "--budget", "2s", "--repeats", "1", "--results", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    table = json.loads((tmp_path / "tables" / "bert-4x32-m8.json").read_text())
+    table = json.loads((tmp_path / "tables" / "bert-4x64-m8.json").read_text())
     assert table["machine"].find("torch_threads=1") >= 0  # the reference system of a CPU preset: one core
-    summary = json.loads((tmp_path / "bert" / "4x32-b8" / "lr0.004" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "bert" / "4x64-b8" / "lr0.004" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["budget_rst_s"] == 2.0
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "calibrating" not in again.stdout
-    assert json.loads((tmp_path / "bert" / "4x32-b8" / "lr0.004" / "summary.json").read_text()) == summary
-    bad = subprocess.run(command[:-2] + ["--shapes", "3x32"], capture_output=True, text=True)
+    assert json.loads((tmp_path / "bert" / "4x64-b8" / "lr0.004" / "summary.json").read_text()) == summary
+    bad = subprocess.run(command + ["--shapes", "3x64"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "multiple of 4" in bad.stderr
 
 
@@ -124,6 +140,9 @@ def test_tuning_rows_choose_the_lowest_complete_loss(tmp_path):
     best = tmp_path / "tuning" / syn.PRESET / "bert" / "lion+lr=0.00035" / "5s" / "seed0" / "summary.json"
     best.write_text(json.dumps({"status": "diverged", "final_val_loss": None}))
     rows = tuning.tuning_rows(tmp_path / "tuning", syn.PRESET)
+    assert rows[0]["chosen"] == 0.0007 and rows[0]["complete"]  # a diverged trial is final: too large a value
+    best.unlink()  # not run yet
+    rows = tuning.tuning_rows(tmp_path / "tuning", syn.PRESET)
     assert rows[0]["chosen"] == 0.0007 and not rows[0]["complete"]
     assert "0.0007 (so far)" in tuning.format_tuning(rows)
 
@@ -134,15 +153,32 @@ def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: calls.append(kw) or [])
     syn.write_tuning(tmp_path)
-    tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", jobs=2, log=lambda m: None)
-    # the plan on disk (lion), not a new one for the methods asked this time
+    tuning.tune(syn.PRESET, results=tmp_path / "tuning", jobs=2, log=lambda m: None)
+    # the plan on disk (lion), not a new one made from today's defaults
     assert [(c["models"], c["methods"], c["budgets"], c["seeds"], c["jobs"]) for c in calls] == \
         [(["bert"], list(syn.TUNING_LOSSES), ["5s"], [0], 2)]
     calls.clear()
+    with pytest.raises(UsageError, match="methods differ"):  # another tuning is refused, not silently ignored
+        tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", log=lambda m: None)
+    with pytest.raises(UsageError, match="budget differ"):
+        tuning.tune(syn.PRESET, budget="10s", results=tmp_path / "tuning", log=lambda m: None)
+    assert calls == []
     fresh = tmp_path / "fresh"
     tuning.tune("smoke", models=["t5"], methods=["lion"], results=fresh, log=lambda m: None)
     plan = json.loads((fresh / "smoke" / "tuning.json").read_text())
     assert calls[0]["methods"] == plan["runs"]["t5"] and len(plan["runs"]["t5"]) == 5
+
+
+def test_a_tuning_refused_before_it_ran_leaves_no_plan(tmp_path, monkeypatch):
+    import ntng.grid
+
+    def refuse(**kw):
+        raise UsageError("no packed data")
+
+    monkeypatch.setattr(ntng.grid, "sweep", refuse)
+    with pytest.raises(UsageError):
+        tuning.tune("smoke", models=["bert"], methods=["lion"], results=tmp_path, log=lambda m: None)
+    assert not (tmp_path / "smoke" / "tuning.json").exists()
 
 
 def test_the_reference_preset():
