@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from .presets import Preset, format_budget, get_preset, parse_budget
 from .report import load_runs
+from .tuning import NOISE_MARGIN_NATS
 from .variants import ABLATIONS
 
 LOWEST = "**"  # marks the lowest final loss of a model in a table
@@ -95,10 +96,14 @@ def probe_figure(rows: list[dict]) -> Figure | None:
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, model in zip(axes, models, strict=True):
         mine = [r for r in rows if r["model"] == model]
+        shapes = sorted({(r["layers"], r["width"]) for r in mine})
+        batches = sorted({r["batch"] for r in mine})
+        styles = ["-", "--", ":", "-."]
         for key in sorted({(r["layers"], r["width"], r["batch"]) for r in mine}):
             line = sorted((r for r in mine if (r["layers"], r["width"], r["batch"]) == key), key=lambda r: r["lr"])
+            # one colour per shape, one line style per batch size
             ax.plot([r["lr"] for r in line], [r["final_val_loss"] for r in line], marker="o",
-                    linestyle="-" if key[2] == min(r["batch"] for r in mine) else "--",
+                    color=f"C{shapes.index(key[:2]) % 10}", linestyle=styles[batches.index(key[2]) % len(styles)],
                     label=f"{key[0]}x{key[1]}, batch {key[2]}")
         floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
         if floor is not None:
@@ -181,8 +186,9 @@ def tuning_markdown(rows: list[dict]) -> str:
     if not rows:
         return "*No tuning records yet: run `ntng tune --preset P` (they land in `results/tuning/P/`).*"
     budget, seed, preset = rows[0]["budget"], rows[0]["seed"], rows[0]["preset"]
-    out = [f"Preset `{preset}`: every run {budget} of RST, seed {seed}; final validation loss in nats, the lowest "
-           "in bold.", "",
+    out = [f"Preset `{preset}`: every run {budget} of RST, seed {seed}; final validation loss in nats, the chosen "
+           f"value in bold: the lowest, unless it beats the value the grid was centred on (listed first) by "
+           f"{NOISE_MARGIN_NATS:g} nats or less, which one seed cannot tell from noise.", "",
            "| model | method | hyper-parameter | paper | tried (final loss) | chosen |", "|---|---|---|---|---|---|"]
     for r in rows:
         tried = []
