@@ -209,7 +209,7 @@ def build_parser() -> OneLineParser:
     p = sub.add_parser("probe", help="which shape, batch and learning rate learn most in a fixed RST budget?",
                        description="Train the baseline at one RST budget over model shapes x batch sizes x peak "
                        "learning rates, each shape charged by an RST table measured here with one thread, into "
-                       "RESULTS/<model>/<L>x<W>-b<batch>/lr<lr>/; then print final loss, nats below the "
+                       "RESULTS/<model>/<L>x<W>-b<batch>/<budget>/lr<lr>/; then print final loss, nats below the "
                        "context-free floor and tokens per RST second. Complete runs are skipped: the same command "
                        "continues an interrupted probe.")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))

@@ -8,7 +8,7 @@ RESULTS/presets.json and handed to each run through $NTNG_PRESETS_FILE), so ever
 
     RESULTS/presets.json                       the candidates as custom presets
     RESULTS/tables/<model>-<L>x<W>.json        one RST table per shape (the batch size does not change it)
-    RESULTS/<model>/<L>x<W>-b<batch>/lr<lr>/   one run directory per candidate and learning rate
+    RESULTS/<model>/<L>x<W>-b<batch>/<budget>/lr<lr>/   one run directory per candidate, budget and learning rate
 
 Like a sweep, the probe skips complete runs and resumes interrupted ones: the same command continues it.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError, UsageError
-from .presets import MODELS, PRESETS, parse_budget
+from .presets import MODELS, PRESETS, format_budget, parse_budget
 from .records import RunDir, write_json
 
 PROBE_THREADS = 1  # torch threads per run and per calibration: one core is the reference system of a CPU preset
@@ -66,8 +66,9 @@ class Candidate:
     def table_name(self) -> str:
         return f"{self.shape.name}-m{self.micro_batch}"
 
-    def run_dir(self, results: Path, lr: float) -> Path:
-        return results / self.shape.model / f"{self.shape.layers}x{self.shape.width}-b{self.batch}" / f"lr{lr!r}"
+    def run_dir(self, results: Path, budget: str, lr: float) -> Path:
+        return (results / self.shape.model / f"{self.shape.layers}x{self.shape.width}-b{self.batch}"
+                / format_budget(parse_budget(budget)) / f"lr{lr!r}")
 
 
 def parse_shape(model: str, text: str) -> Shape:
@@ -95,13 +96,14 @@ def candidates(models, shapes, batches, micro_batch: int) -> list[Candidate]:
     return out
 
 
-def preset_entries(cands: list[Candidate], base: str, budget: str) -> list[dict]:
-    """The candidates as custom presets (presets.load_custom_presets), evaluated on the same windows."""
+def preset_entries(cands: list[Candidate], base: str) -> list[dict]:
+    """The candidates as custom presets (presets.load_custom_presets), evaluated on the same windows; a run gives
+    its budget itself, so one candidate serves every budget it is probed at."""
     entries = []
     for cand in cands:
         model = cand.shape.model
         entries.append({
-            "name": cand.preset_name, "base": base, "budgets": [budget] * 3,
+            "name": cand.preset_name, "base": base,
             model: cand.shape.overrides(cand.micro_batch, cand.batch // cand.micro_batch),
             f"{model}_recipe": {"eval_sequences": PROBE_EVAL_SEQUENCES},
             "description": f"scale probe candidate: {cand.shape.name}, {cand.batch} sequences per step",
@@ -111,13 +113,13 @@ def preset_entries(cands: list[Candidate], base: str, budget: str) -> list[dict]
 
 def merged_entries(presets_file: Path, entries: list[dict]) -> list[dict]:
     """The candidates already in `presets_file` plus `entries`; a candidate of the same name made with other
-    settings (another budget or base) is refused: its runs and table would be reused for the wrong thing."""
+    settings (another base preset) is refused: its runs and table would be reused for the wrong thing."""
     old = json.loads(presets_file.read_text()) if presets_file.exists() else []
     by_name = {e["name"]: e for e in old}
     for entry in entries:
         if entry["name"] in by_name and by_name[entry["name"]] != entry:
-            raise UsageError(f"{presets_file.parent} holds a probe of {entry['name']} with other settings (budget or "
-                             "base preset): give another --results")
+            raise UsageError(f"{presets_file.parent} holds a probe of {entry['name']} derived from another base "
+                             "preset: give another --results")
         by_name[entry["name"]] = entry
     return list(by_name.values())
 
@@ -150,7 +152,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     presets_file = results / "presets.json"
-    write_json(presets_file, merged_entries(presets_file, preset_entries(cands, base, budget)))
+    write_json(presets_file, merged_entries(presets_file, preset_entries(cands, base)))
     env = _env(presets_file)
 
     tables = {}
@@ -171,7 +173,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
 
     def one(cell):
         cand, lr = cell
-        out = cand.run_dir(results, lr)
+        out = cand.run_dir(results, budget, lr)
         summary = RunDir(out).read_summary() if (out / "summary.json").exists() else None
         if summary and summary.get("status") in ("complete", "diverged"):
             status = summary["status"]
@@ -186,7 +188,8 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, cells))
-    found = {(r["preset"], r["lr"]): r for r in probe_rows(results)}
+    budget_s = parse_budget(budget)
+    found = {(r["preset"], r["lr"]): r for r in probe_rows(results) if r["budget_rst_s"] == budget_s}
     # the cells asked for, in order; one that left no record (refused before it started) is "missing"
     return [found.get((cand.preset_name, lr)) or {"model": cand.shape.model, "preset": cand.preset_name,
                                                   "status": "missing", "lr": lr} for cand, lr in cells]
@@ -197,7 +200,7 @@ def probe_rows(results: str | Path = "results/probe", unreadable: list | None = 
     below the context-free floor, throughput. A run whose records cannot be read is left out and, when
     `unreadable` is a list, added to it (its directory and the reason)."""
     rows = []
-    for config_path in sorted(Path(results).glob("*/*/lr*/config.json")):
+    for config_path in sorted(Path(results).glob("*/*/*/lr*/config.json")):
         summary_path = config_path.with_name("summary.json")
         if not summary_path.exists():
             continue
@@ -217,7 +220,7 @@ def _probe_row(config_path: Path, summary_path: Path) -> dict:
     floor = (config.get("data") or {}).get("floor")
     loss = summary.get("final_val_loss")
     return {
-        "model": model, "preset": config["preset"], "shape": config_path.parent.parent.name.split("-b")[0],
+        "model": model, "preset": config["preset"], "shape": config_path.parents[2].name.split("-b")[0],
         "layers": shape.get("num_layers"), "width": shape.get("hidden") or shape.get("d_model"),
         "batch": shape["micro_batch"] * shape["grad_accum"],
         "lr": config["recipe"]["lr"], "parameters": (config.get("model_config") or {}).get("num_parameters"),

@@ -24,14 +24,20 @@ def _show(value) -> str:
     return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
 
 
-def best_probe_rows(rows: list[dict]) -> dict[str, dict]:
-    """model -> the complete probe run with the lowest final loss."""
-    best: dict[str, dict] = {}
+def best_probe_rows(rows: list[dict]) -> dict[tuple[str, float], dict]:
+    """(model, budget in RST seconds) -> the complete probe run with the lowest final loss."""
+    best: dict[tuple[str, float], dict] = {}
     for r in rows:
+        key = (r["model"], r["budget_rst_s"])
         done = r["status"] == "complete" and r["final_val_loss"] is not None
-        if done and (r["model"] not in best or r["final_val_loss"] < best[r["model"]]["final_val_loss"]):
-            best[r["model"]] = r
+        if done and (key not in best or r["final_val_loss"] < best[key]["final_val_loss"]):
+            best[key] = r
     return best
+
+
+def _groups(rows: list[dict]) -> list[tuple[str, float]]:
+    """(model, budget) of the rows, model by model, budgets in increasing order."""
+    return sorted({(r["model"], r["budget_rst_s"]) for r in rows})
 
 
 def probe_markdown(rows: list[dict], unreadable=()) -> str:
@@ -44,18 +50,18 @@ def probe_markdown(rows: list[dict], unreadable=()) -> str:
         return "\n".join(["*No probe records yet: run `ntng probe` (they land in `results/probe/`).*", *damaged])
     best = best_probe_rows(rows)
     out = []
-    for model in sorted({r["model"] for r in rows}):
-        mine = sorted((r for r in rows if r["model"] == model),
+    for model, budget_s in _groups(rows):
+        mine = sorted((r for r in rows if (r["model"], r["budget_rst_s"]) == (model, budget_s)),
                       key=lambda r: (r["layers"], r["width"], r["batch"], r["lr"]))
         floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
-        budget = format_budget(mine[0]["budget_rst_s"])
+        budget = format_budget(budget_s)
         out.append(f"**{model.upper()}**, the baseline after {budget} of RST on one core; context-free floor "
                    f"{_fmt(floor)} nats.\n")
         out.append("| layers x width | parameters | batch | peak lr | optimizer steps | tokens / RST s | final loss "
                    "| below floor |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in mine:
-            mark = LOWEST if r is best.get(model) else ""
+            mark = LOWEST if r is best.get((model, budget_s)) else ""
             loss = _fmt(r["final_val_loss"]) if r["status"] == "complete" else r["status"]
             tps = "" if r["tokens_per_rst_s"] is None else f"{r['tokens_per_rst_s']:,.0f}"
             out.append(f"| {r['layers']} x {r['width']} | {r['parameters'] or 0:,} | {r['batch']} | {r['lr']:g} | "
@@ -91,11 +97,11 @@ def probe_figure(rows: list[dict]) -> Figure | None:
     rows = [r for r in rows if r["status"] == "complete" and r["final_val_loss"] is not None]
     if not rows:
         return None
-    models = sorted({r["model"] for r in rows})
-    fig = Figure(figsize=(4.6 * len(models), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
-    for ax, model in zip(axes, models, strict=True):
-        mine = [r for r in rows if r["model"] == model]
+    groups = _groups(rows)
+    fig = Figure(figsize=(4.6 * len(groups), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (model, budget_s) in zip(axes, groups, strict=True):
+        mine = [r for r in rows if (r["model"], r["budget_rst_s"]) == (model, budget_s)]
         shapes = sorted({(r["layers"], r["width"]) for r in mine})
         batches = sorted({r["batch"] for r in mine})
         styles = ["-", "--", ":", "-."]
@@ -113,7 +119,7 @@ def probe_figure(rows: list[dict]) -> Figure | None:
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("final validation loss (nats)")
-        ax.set_title(f"{model.upper()}, {format_budget(mine[0]['budget_rst_s'])} of RST")
+        ax.set_title(f"{model.upper()}, {format_budget(budget_s)} of RST")
         ax.legend(fontsize=7)
     return fig
 
@@ -133,12 +139,13 @@ def preset_markdown(preset_name: str, probe_rows: list[dict], results: str | Pat
     for model in ("bert", "t5"):
         layers, width, batch, lr = preset_candidate(preset, model)
         line = f"- **{model.upper()}** at `{preset.name}`: {layers} x {width}, batch {batch}, peak lr {lr:g}"
-        top = best.get(model)
-        if top is not None:
+        budgets = sorted(b for m, b in best if m == model)
+        if budgets:  # the probe's verdict at the longest budget it ran (its finalists)
+            top, longest = best[(model, budgets[-1])], format_budget(budgets[-1])
             same = (top["layers"], top["width"], top["batch"], top["lr"]) == (layers, width, batch, lr)
-            line += (": the probe's lowest final loss." if same else
-                     f"; the probe's lowest final loss was {top['layers']} x {top['width']}, batch {top['batch']}, "
-                     f"lr {top['lr']:g}.")
+            line += (f": the probe's lowest final loss at {longest}." if same else
+                     f"; the probe's lowest final loss at {longest} was {top['layers']} x {top['width']}, batch "
+                     f"{top['batch']}, lr {top['lr']:g}.")
         out.append(line)
     runs = load_runs(results, preset.name).runs
     base = runs[(runs["method"] == "baseline") & (runs["status"] == "complete")] if len(runs) else runs

@@ -151,7 +151,7 @@ TUNING_LOSSES = {"lion+lr=0.0007": 6.20, "lion+lr=0.00035": 6.05, "lion+lr=0.001
 
 def write_probe(root: Path) -> None:
     for (model, layers, width, batch, lr), loss in PROBE.items():
-        run_dir = root / "probe" / model / f"{layers}x{width}-b{batch}" / f"lr{lr!r}"
+        run_dir = root / "probe" / model / f"{layers}x{width}-b{batch}" / "1m" / f"lr{lr!r}"
         run_dir.mkdir(parents=True)
         shape = {"num_layers": layers, "hidden" if model == "bert" else "d_model": width, "micro_batch": batch,
                  "grad_accum": 1}

@@ -30,12 +30,12 @@ def test_candidates_become_presets_the_loader_accepts(tmp_path):
     assert [(c.shape.model, c.batch, c.micro_batch) for c in cands] == [("bert", 16, 16), ("bert", 64, 32),
                                                                          ("t5", 16, 16), ("t5", 64, 32)]
     path = tmp_path / "presets.json"
-    path.write_text(json.dumps(probe.preset_entries(cands, "smoke", "2m")))
+    path.write_text(json.dumps(probe.preset_entries(cands, "smoke")))
     presets = load_custom_presets(path)
     bert = presets["probe-bert-8x192-b64"]
     assert (bert.bert.num_layers, bert.bert.hidden, bert.bert.heads, bert.bert.intermediate) == (8, 192, 3, 768)
     assert (bert.bert.micro_batch, bert.bert.grad_accum, bert.bert.batch) == (32, 2, 64)
-    assert bert.bert_recipe.eval_sequences == probe.PROBE_EVAL_SEQUENCES and bert.budgets == ("2m",) * 3
+    assert bert.bert_recipe.eval_sequences == probe.PROBE_EVAL_SEQUENCES
     t5 = presets["probe-t5-8x192-b16"].t5
     assert (t5.num_layers, t5.d_model, t5.d_kv, t5.heads, t5.d_ff, t5.micro_batch, t5.grad_accum) == \
         (8, 192, 32, 6, 384, 16, 1)
@@ -43,15 +43,15 @@ def test_candidates_become_presets_the_loader_accepts(tmp_path):
         probe.candidates(["bert"], ["4x128"], [48], micro_batch=32)
 
 
-def test_a_probe_refuses_to_reuse_candidates_made_with_other_settings(tmp_path):
+def test_a_probe_refuses_to_reuse_candidates_derived_from_another_base(tmp_path):
     cands = probe.candidates(["bert"], ["4x128"], [32], micro_batch=32)
     path = tmp_path / "presets.json"
-    path.write_text(json.dumps(probe.preset_entries(cands, "smoke", "2m")))
+    path.write_text(json.dumps(probe.preset_entries(cands, "smoke")))
     more = probe.candidates(["bert"], ["4x128", "8x128"], [32], micro_batch=32)
-    assert [e["name"] for e in probe.merged_entries(path, probe.preset_entries(more, "smoke", "2m"))] == \
+    assert [e["name"] for e in probe.merged_entries(path, probe.preset_entries(more, "smoke"))] == \
         ["probe-bert-4x128-b32", "probe-bert-8x128-b32"]
-    with pytest.raises(UsageError, match="other settings"):
-        probe.merged_entries(path, probe.preset_entries(cands, "smoke", "4m"))
+    with pytest.raises(UsageError, match="another base preset"):
+        probe.merged_entries(path, probe.preset_entries(cands, "mini"))
 
 
 def test_probe_rows_and_the_lowest_candidate(tmp_path):
@@ -63,11 +63,11 @@ def test_probe_rows_and_the_lowest_candidate(tmp_path):
     assert row["below_floor"] == pytest.approx(6.5 - 6.12)
     assert row["tokens_per_rst_s"] == pytest.approx(100 * 16 * 128 / 60)
     best = scale_report.best_probe_rows(rows)
-    assert (best["bert"]["final_val_loss"], best["t5"]["final_val_loss"]) == (6.12, 5.55)
-    (tmp_path / "probe" / "t5" / "4x64-b16" / "lr0.04" / "summary.json").write_text("{oops")
+    assert (best["bert", 60.0]["final_val_loss"], best["t5", 60.0]["final_val_loss"]) == (6.12, 5.55)
+    (tmp_path / "probe" / "t5" / "4x64-b16" / "1m" / "lr0.04" / "summary.json").write_text("{oops")
     unreadable = []
     rows = probe.probe_rows(tmp_path / "probe", unreadable)
-    assert len(rows) == len(syn.PROBE) - 1 and len(unreadable) == 1 and "4x64-b16/lr0.04" in unreadable[0][0]
+    assert len(rows) == len(syn.PROBE) - 1 and len(unreadable) == 1 and "4x64-b16/1m/lr0.04" in unreadable[0][0]
     text = scale_report.probe_markdown(rows, unreadable)
     assert "**6.120**" in text and "**5.550**" in text and "cannot be read" in text
     assert sum("**" in line for line in text.splitlines() if line.startswith("| ")) == 2  # one lowest per model
@@ -80,11 +80,11 @@ def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path):
     assert first.returncode == 0, first.stderr
     table = json.loads((tmp_path / "tables" / "bert-4x64-m8.json").read_text())
     assert table["machine"].find("torch_threads=1") >= 0  # the reference system of a CPU preset: one core
-    summary = json.loads((tmp_path / "bert" / "4x64-b8" / "lr0.004" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "bert" / "4x64-b8" / "2s" / "lr0.004" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["budget_rst_s"] == 2.0
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "calibrating" not in again.stdout
-    assert json.loads((tmp_path / "bert" / "4x64-b8" / "lr0.004" / "summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "bert" / "4x64-b8" / "2s" / "lr0.004" / "summary.json").read_text()) == summary
     bad = subprocess.run(command + ["--shapes", "3x64"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "multiple of 4" in bad.stderr
 
