@@ -178,16 +178,19 @@ def run_tutorial(results: Path, preset: str, log=print) -> Path | None:
 
 
 def records_fingerprint(results: Path, preset: str) -> str:
-    """Changes whenever a record under results/<preset>/ or the code that reads them changes."""
+    """Changes whenever a record the book reads (results/<preset>/, the probe's, the tuning's) or the code that
+    reads them changes."""
     digest = hashlib.sha256(f"{Path(results).resolve()}|{preset}".encode())
-    root = Path(results) / preset
-    if root.is_dir():
+    for root in (Path(results) / preset, Path(results) / "probe", Path(results) / "tuning"):
+        if not root.is_dir():
+            continue
         for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checkpoint.pt"):
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            digest.update(f"{root.name}/{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     if bench_json().is_file():  # the cost chapter reads it
         digest.update(bench_json().read_bytes())
-    for module in ("report.py", "figures.py", "presets.py", "rst.py", "variants.py", "departures.py"):
+    for module in ("report.py", "figures.py", "presets.py", "rst.py", "variants.py", "departures.py", "probe.py",
+                   "tuning.py", "scale_report.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     for path in sorted((Path(__file__).parent / "tables").glob("*.json")):
         digest.update(path.read_bytes())

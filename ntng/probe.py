@@ -195,6 +195,19 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
                                                   "status": "missing", "lr": lr} for cand, lr in cells]
 
 
+def ship_table(table_path: str | Path, preset: str, out: str | Path) -> dict:
+    """Write a probe table as the shipped table of `preset` (ntng/tables/<preset>-<model>.json): the same
+    measurement, relabelled, so that the preset's runs are charged exactly as its probe candidate's were."""
+    table = json.loads(Path(table_path).read_text())
+    measured_for = table["preset"]
+    table["preset"] = preset
+    table["notes"] = [*table.get("notes", []),
+                      f"measured by `ntng probe` for its candidate {measured_for} and shipped for preset {preset} "
+                      "unchanged (the same model and micro-batch): the probe's runs and the preset's are charged alike"]
+    write_json(Path(out), table)
+    return table
+
+
 def probe_rows(results: str | Path = "results/probe", unreadable: list | None = None) -> list[dict]:
     """One row per probe run found under `results`: shape, batch, lr, parameters, final loss and its distance
     below the context-free floor, throughput. A run whose records cannot be read is left out and, when

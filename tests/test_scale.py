@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import synthetic_results as syn
@@ -87,6 +88,18 @@ def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path):
     assert json.loads((tmp_path / "bert" / "4x64-b8" / "2s" / "lr0.004" / "summary.json").read_text()) == summary
     bad = subprocess.run(command + ["--shapes", "3x64"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "multiple of 4" in bad.stderr
+
+
+def test_a_probe_table_ships_as_a_presets_table_unchanged_but_for_its_label(tmp_path):
+    from ntng.rst import load_table
+
+    src = tmp_path / "t.json"
+    raw = json.loads((Path(__file__).resolve().parent.parent / "ntng" / "tables" / "cpu-bert.json").read_text())
+    raw["preset"] = "probe-bert-4x64-b16"
+    src.write_text(json.dumps(raw))
+    shipped = probe.ship_table(src, "cpu", tmp_path / "cpu-bert.json")
+    assert shipped["preset"] == "cpu" and shipped["units"] == raw["units"] and "probe-bert-4x64-b16" in shipped["notes"][-1]
+    assert load_table(tmp_path / "cpu-bert.json").train == load_table(src).train
 
 
 def test_with_peak_lr_keeps_the_paper_ratios():
@@ -215,11 +228,19 @@ def test_a_presets_method_options_are_the_methods_defaults_under_a_runs_settings
 
 
 def test_the_reference_presets_defaults_are_what_its_committed_tuning_chose():
-    from pathlib import Path
-
     results = Path(__file__).resolve().parent.parent / "results" / "tuning"
     rows = [r for r in tuning.tuning_rows(results, "cpu") if r["complete"] and r["chosen"] is not None]
     cpu = get_preset("cpu")
     for r in rows:  # every axis whose trials are all in: the preset's current value is the one chosen
         current = build_method(r["method"], r["model"], cpu).tuning()[r["key"]][0]
         assert current == pytest.approx(r["chosen"]), (r["model"], r["method"], r["key"])
+
+
+def test_the_book_rebuilds_its_pages_when_a_probe_or_tuning_record_changes(tmp_path):
+    from ntng.book import records_fingerprint
+
+    before = records_fingerprint(tmp_path, "smoke")
+    syn.write_probe(tmp_path)
+    after_probe = records_fingerprint(tmp_path, "smoke")
+    syn.write_tuning(tmp_path)
+    assert len({before, after_probe, records_fingerprint(tmp_path, "smoke")}) == 3
