@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .presets import Preset, format_budget, get_preset, parse_budget
+from .presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 from .report import load_runs
 from .tuning import NOISE_MARGIN_NATS
 from .variants import ABLATIONS
@@ -160,14 +160,41 @@ def preset_markdown(preset_name: str, probe_rows: list[dict], results: str | Pat
         ratio = float((base["wall_s"] / base["rst_s"]).mean())
         rst = grid_rst_seconds(preset, reference_grid_methods(), ablations=len(ABLATIONS))
         cores = max(1, int(2 // preset.ray_cpus))
+        hours = rst * ratio / cores / 3600
         out += ["", f"One seed of the reference grid is {rst / 60:.0f} min of RST; at the wall time these baselines "
                 f"took per RST second ({ratio:.2f}, evaluations included), {cores} cells at a time on two cores, it "
-                f"takes about **{rst * ratio / cores / 3600:.1f} h** of wall time (each cell's kernel start-up "
-                "not included)."]
+                f"takes about **{hours:.1f} h** of wall time (each cell's kernel start-up not included)."]
+        largest = max(parse_budget(b) for b in preset.budgets)
+        for model, g in base.groupby("model"):
+            points = sorted((b, float((gb["floor"] - gb["final_val_loss"]).mean()))
+                            for b, gb in g.groupby("budget_rst_s"))
+            needed = budget_to_reach(points, REFERENCE_BELOW_FLOOR)
+            at_largest = dict(points).get(largest)
+            if at_largest is None or at_largest >= REFERENCE_BELOW_FLOOR:
+                continue
+            text = (f"{model.upper()} ends {at_largest:.2f} nats below its floor at {format_budget(largest)}, short of "
+                    f"the {REFERENCE_BELOW_FLOOR:g} a reference scale should reach.")
+            if needed is not None:
+                text += (f" At the gain per doubling of the budget between its two largest budgets, it would get "
+                         f"there at about {needed / 60:.0f} min of RST: a grid with that largest budget would take "
+                         f"about {hours * needed / largest:.0f} h per seed (an extrapolation, not a measurement).")
+            out += ["", text]
     else:
         out += ["", f"*No baseline records at `{preset.name}` yet (`ntng sweep --preset {preset.name} --methods "
                 "baseline`).*"]
     return "\n".join(out)
+
+
+def budget_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """The budget at which nats below the floor would reach `target`, extrapolated log-linearly in the budget from
+    the two largest of `points` ((budget in s, nats below the floor), sorted); None without two points or gain."""
+    if len(points) < 2:
+        return None
+    (b1, g1), (b2, g2) = points[-2], points[-1]
+    per_doubling = (g2 - g1) / math.log2(b2 / b1)
+    if per_doubling <= 0:
+        return None
+    return b2 * 2 ** ((target - g2) / per_doubling)
 
 
 def reference_grid_methods() -> dict[str, list[str]]:

@@ -244,3 +244,10 @@ def test_the_book_rebuilds_its_pages_when_a_probe_or_tuning_record_changes(tmp_p
     after_probe = records_fingerprint(tmp_path, "smoke")
     syn.write_tuning(tmp_path)
     assert len({before, after_probe, records_fingerprint(tmp_path, "smoke")}) == 3
+
+
+def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():
+    # 0.8 nats at 4 min, 1.0 at 8 min: 0.2 per doubling, 1.5 needs 2.5 more doublings: 8 x 2^2.5 min
+    assert scale_report.budget_to_reach([(120, 0.5), (240, 0.8), (480, 1.0)], 1.5) == pytest.approx(480 * 2 ** 2.5)
+    assert scale_report.budget_to_reach([(240, 0.8), (480, 0.7)], 1.5) is None  # no gain: no extrapolation
+    assert scale_report.budget_to_reach([(480, 1.0)], 1.5) is None
