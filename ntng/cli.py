@@ -74,6 +74,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _grid_arguments(p, presets, methods_help: str) -> None:
+    """--preset, --models and --methods, as a sweep and a tuning take them."""
+    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
+    p.add_argument("--methods", nargs="+", type=_method, default=None, help=methods_help)
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="No Train No Gain, re-evaluated: efficient training methods under "
                            "a fixed Reference System Time (RST) budget.")
@@ -140,10 +147,7 @@ def build_parser() -> OneLineParser:
                        "(the executed notebook kept as notebook.ipynb). Complete runs are skipped, interrupted "
                        "ones resumed; a failing cell is recorded and the others go on. Prints a table of every "
                        "cell; exit code 1 when any cell failed or diverged.")
-    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
-    p.add_argument("--methods", nargs="+", type=_method, default=None,
-                   help="default: every method; variants too (selective_backprop+free_scoring ...)")
+    _grid_arguments(p, presets, "default: every method; variants too (selective_backprop+free_scoring ...)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=V1,V2,...", dest="settings",
                    help="a grid axis: one variant of METHOD per value (lion.lr=3e-4,7e-4,2e-3; "
                    "baseline.recipe.lr=5e-4,1e-3); repeatable, several keys of one method combine")
@@ -197,10 +201,7 @@ def build_parser() -> OneLineParser:
                        "the preset's smallest) and seed, into RESULTS/<preset>/<model>/<variant>/<budget>/seed<k>/; "
                        "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. Prints "
                        "each axis's final losses and the chosen value (the lowest).")
-    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: bert t5")
-    p.add_argument("--methods", nargs="+", type=_method, default=None,
-                   help="default: every method on the models the paper ran it on")
+    _grid_arguments(p, presets, "default: every method on the models the paper ran it on")
     p.add_argument("--budget", type=_budget, default=None, help="default: the preset's smallest")
     p.add_argument("--seed", type=_seed, default=None, help="default: 0")
     p.add_argument("--jobs", type=_positive_int, default=1, help="runs at once")
