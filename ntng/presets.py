@@ -234,9 +234,10 @@ PRESETS: dict[str, Preset] = {
         # probe, 8 min: 4 x 64 at batch 16 ended 0.585 nats below the floor, 4 x 128 at batch 8 0.428 (2 min:
         # 0.206 and 0.073; batch 32 and 64 never got below the floor in 2 min)
         t5=T5Shape(num_layers=4, d_model=64, d_kv=32, heads=2, d_ff=128, input_len=128, micro_batch=16),
-        # 1:2:4. Neither baseline reaches 1.5 nats below its floor at 8 min (BERT 1.04, T5 0.585): that would take
-        # budgets one seed of the reference grid (39 cells and an irreducible-loss model, ~184 min of RST) cannot
-        # afford in two hours on two cores at one cell per core; the page "Choosing the CPU scale" has the numbers
+        # 1:2:4, the largest that lets one seed of the reference grid (39 cells and an irreducible-loss model, 184 min
+        # of RST) run in ~1.7 h on two cores at one cell per core. Neither baseline reaches REFERENCE_BELOW_FLOOR
+        # there: at 8 min BERT ends 1.01 nats below its floor, T5 0.51 (4 min: 0.91, 0.34); their gain per doubling
+        # would need ~4.5 h (BERT) and ~6 h (T5) per run, ~60-80 h per seed of the grid (page "Choosing the CPU scale")
         budgets=("2m", "4m", "8m"),
         seeds=(0, 1, 2),  # the reference grid is run with three seeds
         ray_cpus=1.0,  # the tables are one-thread tables: one cell per core
