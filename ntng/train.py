@@ -69,9 +69,11 @@ class PretrainSpec:
                 "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
                 "method_options": self.method_options, "data_split": self.data_split,
                 **({"recipe_overrides": self.recipe_overrides} if self.recipe_overrides else {}),
-                # the preset's defaults for the method (tuned values): a run made under others is another run
-                **({"preset_method_options": opts} if (opts := self.preset.options_for(self.model, self.method))
-                   else {})}
+                # the preset's defaults for the method (tuned values) that the run's own settings leave in force: a run
+                # made under others is another run
+                **({"preset_method_options": opts} if (opts := {
+                    k: v for k, v in self.preset.options_for(self.model, self.method).items()
+                    if k not in self.method_options}) else {})}
 
 
 def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int, results: Path | str = "results"):

@@ -251,3 +251,17 @@ def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():
     assert scale_report.budget_to_reach([(120, 0.5), (240, 0.8), (480, 1.0)], 1.5) == pytest.approx(480 * 2 ** 2.5)
     assert scale_report.budget_to_reach([(240, 0.8), (480, 0.7)], 1.5) is None  # no gain: no extrapolation
     assert scale_report.budget_to_reach([(480, 1.0)], 1.5) is None
+
+
+def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them(tmp_path):
+    from dataclasses import replace
+
+    from ntng.train import resolve
+
+    tuned = replace(get_preset("smoke"), method_options={"bert": {"layer_dropping": {"gamma_factor": 50.0}}})
+    spec = resolve("bert", "layer_dropping", "3s", tuned, out_dir=tmp_path / "a")
+    assert spec.identity()["preset_method_options"] == {"gamma_factor": 50.0}
+    own = resolve("bert", "layer_dropping+gamma_factor=25.0", "3s", tuned, out_dir=tmp_path / "b")
+    assert "preset_method_options" not in own.identity()  # the run's own setting is what ran
+    plain = resolve("bert", "layer_dropping", "3s", "smoke", out_dir=tmp_path / "c")
+    assert "preset_method_options" not in plain.identity()  # identities of earlier runs are unchanged
