@@ -219,7 +219,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--bert-lrs", nargs="+", type=float, default=[2e-3, 4e-3, 8e-3])
     p.add_argument("--t5-lrs", nargs="+", type=float, default=[1e-2, 2e-2, 4e-2])
     p.add_argument("--budget", type=_budget, default="2m")
-    p.add_argument("--base", choices=("smoke", "mini"), default="smoke", help="preset the candidates derive from")
+    p.add_argument("--base", choices=presets, default="smoke", help="preset the candidates derive from")
     p.add_argument("--jobs", type=_positive_int, default=2, help="runs at once (one thread each)")
     p.add_argument("--repeats", type=_positive_int, default=15, help="timed repeats per unit when calibrating")
     p.add_argument("--results", type=Path, default=Path("results/probe"))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError, UsageError
-from .presets import MODELS, PRESETS, format_budget, parse_budget
+from .presets import MODELS, PRESETS, PRESETS_FILE_ENV, format_budget, parse_budget
 from .records import RunDir, write_json
 
 PROBE_THREADS = 1  # torch threads per run and per calibration: one core is the reference system of a CPU preset
@@ -96,18 +96,35 @@ def candidates(models, shapes, batches, micro_batch: int) -> list[Candidate]:
     return out
 
 
-def preset_entries(cands: list[Candidate], base: str) -> list[dict]:
-    """The candidates as custom presets (presets.load_custom_presets), evaluated on the same windows; a run gives
-    its budget itself, so one candidate serves every budget it is probed at."""
+def base_entry(base: str) -> dict:
+    """`base` as the start of a custom-preset entry: {"base": base} for a shipped preset; for a custom one (from
+    $NTNG_PRESETS_FILE), its own entry, so that a candidate derived from it needs no other file."""
+    if base in PRESETS:
+        return {"base": base}
+    path = os.environ.get(PRESETS_FILE_ENV)
+    entries = json.loads(Path(path).read_text()) if path and Path(path).is_file() else []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("name") == base:
+            return {k: v for k, v in entry.items() if k not in ("name", "description")}
+    raise UsageError(f"unknown base preset {base!r}")
+
+
+def preset_entries(cands: list[Candidate], base: str | dict) -> list[dict]:
+    """The candidates as custom presets (presets.load_custom_presets), evaluated on the same windows (a custom
+    base's own number of them, where it sets one); a run gives its budget itself, so one candidate serves every
+    budget it is probed at."""
+    start = base_entry(base) if isinstance(base, str) else base
     entries = []
     for cand in cands:
         model = cand.shape.model
-        entries.append({
-            "name": cand.preset_name, "base": base,
-            model: cand.shape.overrides(cand.micro_batch, cand.batch // cand.micro_batch),
-            f"{model}_recipe": {"eval_sequences": PROBE_EVAL_SEQUENCES},
+        entry = json.loads(json.dumps(start))  # a deep copy
+        entry.update({
+            "name": cand.preset_name,
+            model: {**start.get(model, {}), **cand.shape.overrides(cand.micro_batch, cand.batch // cand.micro_batch)},
+            f"{model}_recipe": {"eval_sequences": PROBE_EVAL_SEQUENCES, **start.get(f"{model}_recipe", {})},
             "description": f"scale probe candidate: {cand.shape.name}, {cand.batch} sequences per step",
         })
+        entries.append(entry)
     return entries
 
 
@@ -142,8 +159,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
     """Calibrate every shape, then train every candidate at every learning rate of its model for `budget` of
     RST, `jobs` runs at a time; returns the rows of `probe_rows`. Interrupted: run it again."""
     parse_budget(budget)
-    if base not in PRESETS:
-        raise UsageError(f"unknown base preset {base!r}")
+    start = base_entry(base)
     lrs = lrs or {}
     for model in models:
         if not lrs.get(model) or any(not (0 < lr < 1) for lr in lrs[model]):
@@ -152,7 +168,7 @@ def probe(models=MODELS, shapes=("4x128", "8x128", "4x256"), batches=(32, 64), l
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     presets_file = results / "presets.json"
-    write_json(presets_file, merged_entries(presets_file, preset_entries(cands, base)))
+    write_json(presets_file, merged_entries(presets_file, preset_entries(cands, start)))
     env = _env(presets_file)
 
     tables = {}

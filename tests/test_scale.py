@@ -74,9 +74,10 @@ def test_probe_rows_and_the_lowest_candidate(tmp_path):
     assert sum("**" in line for line in text.splitlines() if line.startswith("| ")) == 2  # one lowest per model
 
 
-def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path):
+def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path, built_fixture, monkeypatch):
+    monkeypatch.setenv("NTNG_DATA_DIR", str(built_fixture[0]))  # the fixture corpus, for the `tiny` preset
     command = [sys.executable, "-m", "ntng.cli", "probe", "--models", "bert", "--shapes", "4x64", "--batches", "8",
-               "--bert-lrs", "0.004", "--budget", "2s", "--repeats", "1", "--results", str(tmp_path)]
+               "--bert-lrs", "0.004", "--budget", "2s", "--repeats", "1", "--base", "tiny", "--results", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     table = json.loads((tmp_path / "tables" / "bert-4x64-m8.json").read_text())
@@ -253,15 +254,16 @@ def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():
     assert scale_report.budget_to_reach([(480, 1.0)], 1.5) is None
 
 
-def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them(tmp_path):
+def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them(tmp_path, built_fixture):
     from dataclasses import replace
 
     from ntng.train import resolve
 
-    tuned = replace(get_preset("smoke"), method_options={"bert": {"layer_dropping": {"gamma_factor": 50.0}}})
-    spec = resolve("bert", "layer_dropping", "3s", tuned, out_dir=tmp_path / "a")
+    data = built_fixture[0]
+    tuned = replace(get_preset("tiny"), method_options={"bert": {"layer_dropping": {"gamma_factor": 50.0}}})
+    spec = resolve("bert", "layer_dropping", "3s", tuned, out_dir=tmp_path / "a", data_dir=data)
     assert spec.identity()["preset_method_options"] == {"gamma_factor": 50.0}
-    own = resolve("bert", "layer_dropping+gamma_factor=25.0", "3s", tuned, out_dir=tmp_path / "b")
+    own = resolve("bert", "layer_dropping+gamma_factor=25.0", "3s", tuned, out_dir=tmp_path / "b", data_dir=data)
     assert "preset_method_options" not in own.identity()  # the run's own setting is what ran
-    plain = resolve("bert", "layer_dropping", "3s", "smoke", out_dir=tmp_path / "c")
+    plain = resolve("bert", "layer_dropping", "3s", "tiny", out_dir=tmp_path / "c", data_dir=data)
     assert "preset_method_options" not in plain.identity()  # identities of earlier runs are unchanged
