@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from .presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 from .report import load_runs
-from .tuning import NOISE_MARGIN_NATS
+from .tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
 from .variants import ABLATIONS
 
 LOWEST = "**"  # marks the lowest final loss of a model in a table
@@ -222,7 +222,9 @@ def tuning_markdown(rows: list[dict]) -> str:
     budget, seed, preset = rows[0]["budget"], rows[0]["seed"], rows[0]["preset"]
     out = [f"Preset `{preset}`: every run {budget} of RST, seed {seed}; final validation loss in nats, the chosen "
            f"value in bold: the lowest, unless it beats the value the grid was centred on (listed first) by "
-           f"{NOISE_MARGIN_NATS:g} nats or less, which one seed cannot tell from noise.", "",
+           f"{NOISE_MARGIN_NATS:g} nats or less, which one seed cannot tell from noise. A real-valued hyper-parameter "
+           f"chosen at the edge of the values tried was followed one factor further, at most {MAX_EXTENSIONS} "
+           f"times (the values after the third).", "",
            "| model | method | hyper-parameter | paper | tried (final loss) | chosen |", "|---|---|---|---|---|---|"]
     for r in rows:
         tried = []

@@ -5,6 +5,9 @@ value first, then a factor of two either side, or the method's own rule). The gr
 the current values: a centre run sets every tuned key to its current value, and each other value of a key is one
 run with the other keys at the centre — k tuned keys make 1 + 2k runs, and every key gets three trials. All runs
 at one budget (the preset's smallest) and one seed; the value with the lowest final validation loss is chosen.
+A real-valued hyper-parameter whose chosen value is the smallest or largest tried is followed outward by the same
+factor (one more run at a time, at most `MAX_EXTENSIONS` per axis), so no method's optimum is left outside its grid
+because its current value started far from it; every axis, the baseline's included, follows the same rule.
 
 The plan (the runs, each axis's values, the centre and the value at preset `paper`) is written to
 RESULTS/<preset>/tuning.json before anything runs and reused when the same command runs again, so an interrupted
@@ -28,6 +31,9 @@ PLAN_NAME = "tuning.json"
 # a value replaces the centre only when it lowers the final loss by more than this: the mini BERT baseline's final
 # losses over seeds 0-2 spread 0.008 nats (README "Models"), so a smaller gain on one seed is not evidence
 NOISE_MARGIN_NATS = 0.01
+# a value chosen at the edge of its axis is followed outward by one more factor this many times at most: two more
+# doublings (or halvings) cover a current value a factor of 8 from the optimum, and each costs one run
+MAX_EXTENSIONS = 2
 
 
 def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0) -> dict:
@@ -99,16 +105,62 @@ def tune(preset: str, models=None, methods=None, budget: str | None = None, seed
         check_same_plan(plan, path, models, methods, budget, seed)
         log(f"continuing the plan of {plan['planned_on']} in {path}")
     try:
-        for model, runs in plan["runs"].items():
-            if runs:
-                log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
-                sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]], seeds=[plan["seed"]],
-                      results=results, jobs=jobs, log=log)
+        while True:
+            for model, runs in plan["runs"].items():
+                if runs:
+                    log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
+                    sweep(preset=preset, models=[model], methods=list(runs), budgets=[plan["budget"]],
+                          seeds=[plan["seed"]], results=results, jobs=jobs, log=log)
+            added = extend_plan(plan, rows_for_plan(results, plan))
+            if not added:
+                break
+            write_json(path, plan)
+            for model, run in added:
+                log(f"{model}: {run}: the chosen value is at the edge of its axis; trying one step beyond")
     except UsageError:
         if fresh and not any((path.parent / model).exists() for model in plan["runs"]):
             path.unlink()  # refused before anything ran: leave nothing behind
         raise
     return tuning_rows(results, preset)
+
+
+def value_beyond(tried: list, chosen) -> float | None:
+    """The next value outward when `chosen` is the smallest or largest of the real values `tried` on its axis:
+    `chosen` times its ratio to its neighbour (0.0028 after 0.0056 -> 0.0014). None when `chosen` is inside, or the
+    axis is not real-valued and positive (a whole number such as a mega-batch factor, a list of points, a zero)."""
+    if not all(isinstance(v, float) for v in tried) or not isinstance(chosen, float) or chosen <= 0:
+        return None
+    smaller = [v for v in tried if v < chosen]
+    larger = [v for v in tried if v > chosen]
+    if smaller and larger:
+        return None
+    neighbour = min(larger) if larger else max(smaller) if smaller else None
+    if neighbour is None or neighbour <= 0:
+        return None
+    return float(f"{chosen * chosen / neighbour:.12g}")  # no binary noise in run names
+
+
+def extend_plan(plan: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    """Add one run beyond the edge to every complete axis whose chosen value is at its edge (`value_beyond`), at
+    most `MAX_EXTENSIONS` times per axis; returns the (model, run) pairs added. `plan` is changed in place."""
+    added = []
+    for axis, row in zip(plan["axes"], rows, strict=True):
+        if not row["complete"] or row["chosen"] is None or axis.get("extended", 0) >= MAX_EXTENSIONS:
+            continue
+        value = value_beyond(axis["values"], row["chosen"])
+        if value is None or value in axis["values"]:
+            continue
+        centre = {r["key"]: r["centre"] for r in rows if r["model"] == axis["model"] and r["method"] == axis["method"]}
+        run = canonical_method(variant_name(axis["method"], {**centre, axis["key"]: value}))
+        axis["values"].append(value)
+        axis["runs"].append(run)
+        axis.setdefault("run_dirs", list(axis["runs"][:-1])).append(run_name(run))
+        axis["extended"] = axis.get("extended", 0) + 1
+        runs = plan["runs"].setdefault(axis["model"], [])
+        if run not in runs:
+            runs.append(run)
+            added.append((axis["model"], run))
+    return added
 
 
 def _final_loss(run_dir: Path) -> tuple[str, float | None]:
@@ -128,7 +180,12 @@ def tuning_rows(results: str | Path, preset: str) -> list[dict]:
     path = plan_path(results, preset)
     if not path.exists():
         return []
-    plan = json.loads(path.read_text())
+    return rows_for_plan(results, json.loads(path.read_text()))
+
+
+def rows_for_plan(results: str | Path, plan: dict) -> list[dict]:
+    """`tuning_rows` of a plan in hand."""
+    preset = plan["preset"]
     rows = []
     for axis in plan["axes"]:
         trials = []
@@ -148,7 +205,7 @@ def tuning_rows(results: str | Path, preset: str) -> list[dict]:
                      "preset": preset, "budget": plan["budget"], "seed": plan["seed"], "trials": trials,
                      "chosen": best["value"] if best else None,
                      "chosen_loss": best["final_val_loss"] if best else None,
-                     "complete": len(final) == len(trials)})
+                     "complete": len(final) == len(trials), "extended": axis.get("extended", 0)})
     return rows
 
 

@@ -172,9 +172,14 @@ def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: calls.append(kw) or [])
     syn.write_tuning(tmp_path)
     tuning.tune(syn.PRESET, results=tmp_path / "tuning", jobs=2, log=lambda m: None)
-    # the plan on disk (lion), not a new one made from today's defaults
+    # the plan on disk (lion), not a new one made from today's defaults; its chosen 0.00035 is the smallest value
+    # tried, so one more run beyond it follows (its record is not written here, so no further one)
+    beyond = "lion+lr=0.000175"
     assert [(c["models"], c["methods"], c["budgets"], c["seeds"], c["jobs"]) for c in calls] == \
-        [(["bert"], list(syn.TUNING_LOSSES), ["5s"], [0], 2)]
+        [(["bert"], list(syn.TUNING_LOSSES), ["5s"], [0], 2),
+         (["bert"], [*syn.TUNING_LOSSES, beyond], ["5s"], [0], 2)]
+    plan = json.loads((tmp_path / "tuning" / syn.PRESET / "tuning.json").read_text())
+    assert plan["axes"][0]["values"][-1] == 0.000175 and plan["axes"][0]["extended"] == 1
     calls.clear()
     with pytest.raises(UsageError, match="methods differ"):  # another tuning is refused, not silently ignored
         tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", log=lambda m: None)
@@ -185,6 +190,48 @@ def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
     tuning.tune("smoke", models=["t5"], methods=["lion"], results=fresh, log=lambda m: None)
     plan = json.loads((fresh / "smoke" / "tuning.json").read_text())
     assert calls[0]["methods"] == plan["runs"]["t5"] and len(plan["runs"]["t5"]) == 5
+
+
+def test_a_value_chosen_at_the_edge_is_followed_outward():
+    assert tuning.value_beyond([0.0056, 0.0028, 0.0112], 0.0028) == 0.0014  # halved again
+    assert tuning.value_beyond([0.0056, 0.0028, 0.0112], 0.0112) == 0.0224
+    assert tuning.value_beyond([0.01, 0.005, 0.02, 0.0025], 0.0025) == 0.00125
+    assert tuning.value_beyond([0.0, 0.01, 0.1], 0.1) == 1.0  # a factor of ten, like its neighbours
+    assert tuning.value_beyond([0.0056, 0.0028, 0.0112], 0.0056) is None  # inside: nothing to follow
+    assert tuning.value_beyond([0.0, 0.01, 0.1], 0.0) is None  # no value below zero
+    assert tuning.value_beyond([2, 4, 8], 2) is None  # a whole number (mega-batch factor) stays on its grid
+    assert tuning.value_beyond([[0.125, 0.3], [0.0625, 0.15]], [0.0625, 0.15]) is None
+
+
+def test_the_edge_is_followed_at_most_twice_and_stops_when_the_edge_loses(tmp_path):
+    syn.write_tuning(tmp_path)
+    root = tmp_path / "tuning" / syn.PRESET
+    plan = json.loads((root / "tuning.json").read_text())
+
+    def finish(run, loss, status="complete"):
+        run_dir = root / "bert" / run / "5s" / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": status, "final_val_loss": loss}))
+
+    assert tuning.extend_plan(plan, tuning.rows_for_plan(tmp_path / "tuning", plan)) == \
+        [("bert", "lion+lr=0.000175")]
+    assert tuning.extend_plan(plan, tuning.rows_for_plan(tmp_path / "tuning", plan)) == []  # waits for its run
+    finish("lion+lr=0.000175", 6.00)  # better still: one more
+    assert tuning.extend_plan(plan, tuning.rows_for_plan(tmp_path / "tuning", plan)) == \
+        [("bert", "lion+lr=8.75e-05")]
+    finish("lion+lr=8.75e-05", 5.90)
+    rows = tuning.rows_for_plan(tmp_path / "tuning", plan)
+    assert rows[0]["chosen"] == 8.75e-05 and rows[0]["extended"] == tuning.MAX_EXTENSIONS
+    assert tuning.extend_plan(plan, rows) == []  # at most twice
+    fresh = tmp_path / "again"
+    syn.write_tuning(fresh)
+    root = fresh / "tuning" / syn.PRESET
+    plan = json.loads((root / "tuning.json").read_text())
+    tuning.extend_plan(plan, tuning.rows_for_plan(fresh / "tuning", plan))
+    finish("lion+lr=0.000175", None, status="diverged")  # the step beyond diverged: 0.00035 is inside now
+    rows = tuning.rows_for_plan(fresh / "tuning", plan)
+    assert rows[0]["chosen"] == 0.00035 and rows[0]["complete"]
+    assert tuning.extend_plan(plan, rows) == []
 
 
 def test_a_tuning_refused_before_it_ran_leaves_no_plan(tmp_path, monkeypatch):
