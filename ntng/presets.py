@@ -79,6 +79,12 @@ class Recipe:
     layer_dropping_lr: float | None = None  # C.2: layer dropping's own peak; None = `lr` (BERT)
 
 
+# the recipe fields only a method reads; the method's settings (config.json "method_settings") carry their values in
+# force, so a change of one of them concerns that method's runs only
+METHOD_RECIPE_FIELDS = ("lion_lr", "lion_weight_decay", "sophia_lr", "sophia_weight_decay", "sophia_rho", "sophia_bs",
+                        "hessian_interval", "hessian_batch_fraction", "rms_scale", "layer_dropping_lr")
+
+
 BERT_PAPER_RECIPE = Recipe(optimizer="adamw", lr=1e-3, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01,
                            grad_clip=0.5, schedule="one_cycle", eval_sequences=2048)
 T5_PAPER_RECIPE = Recipe(optimizer="adamw_scale", lr=2e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,

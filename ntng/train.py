@@ -24,7 +24,7 @@ from .device import autocast_dtype, describe_machine, package_versions, pick_dev
 from .errors import RunError, UsageError
 from .methods import Method, Run, build_method, find_method
 from .models import build_model, count_parameters, model_config_dict
-from .presets import MODELS, Preset, format_budget, get_preset, parse_budget
+from .presets import METHOD_RECIPE_FIELDS, MODELS, Preset, format_budget, get_preset, parse_budget
 from .pricing import estimated_price
 from .progress import Bar
 from .records import RunDir
@@ -207,6 +207,28 @@ def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
         changes[name] = value
     key = "bert_recipe" if model == "bert" else "t5_recipe"
     return dataclasses.replace(preset, **{key: dataclasses.replace(recipe, **changes)})
+
+
+def settings_in_force(model: str, method: str, preset: Preset) -> dict:
+    """What a run of `method` (a variant) at `preset` is made with today, as its config.json records it: the
+    recipe (less the fields only methods read) and the method's settings. Raises UsageError as `resolve` does."""
+    parsed = parse_variant(method)
+    overrides = parsed.recipe_overrides()
+    preset_obj = with_recipe(preset, model, overrides) if overrides else preset
+    hooks = build_method(parsed.method, model, preset_obj, **parsed.method_options())
+    recipe = {k: v for k, v in asdict(preset_obj.recipe(model)).items() if k not in METHOD_RECIPE_FIELDS}
+    return _jsonish({"recipe": recipe, "method_settings": hooks.settings()})
+
+
+def changed_settings(config: dict, now: dict) -> list[str]:
+    """The settings (`recipe.lr`, `method_settings.rho`) a run recorded in `config` that differ from `now`
+    (`settings_in_force`): a tuned default changed after the run was made."""
+    changed = []
+    for part, values in now.items():
+        recorded = {k: v for k, v in (config.get(part) or {}).items()
+                    if part != "recipe" or k not in METHOD_RECIPE_FIELDS}
+        changed += [f"{part}.{k}" for k in sorted(set(values) | set(recorded)) if recorded.get(k) != values.get(k)]
+    return changed
 
 
 def _jsonish(obj):

@@ -113,6 +113,24 @@ def test_grid_completes_locally_and_a_second_call_runs_nothing(local_grid, built
     assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
 
 
+def test_a_run_made_before_a_default_changed_is_not_taken_for_the_cell(local_grid, built_fixture, monkeypatch):
+    """Tuning moved Lion's peak after the grid ran: its Lion runs are not what the grid would run now, so they are
+    reported as failed and kept; the baseline's recipe did not change (the Lion field is Lion's alone)."""
+    from dataclasses import replace
+
+    results, rows, _ = local_grid
+    tiny = grid.get_preset("tiny")
+    retuned = replace(tiny, t5_recipe=replace(tiny.t5_recipe, lion_lr=tiny.t5_recipe.lion_lr / 2))
+    monkeypatch.setattr(grid, "get_preset", lambda name: retuned)
+    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("a finished cell was started again"))
+    stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    again = grid.sweep(**GRID, results=results, data_dir=built_fixture[0], log=lambda m: None)
+    assert {(r["method"], r["status"]) for r in again} == {("baseline", "skipped"), ("lion", "failed")}
+    lion = next(r for r in again if r["method"] == "lion")
+    assert "method_settings.lr" in lion["error"] and "move it away" in lion["error"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}  # nothing rewritten
+
+
 def test_the_same_grid_on_a_local_ray_runtime(local_grid, built_fixture, tmp_path):
     pytest.importorskip("ray")
     import ray
