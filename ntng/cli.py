@@ -147,7 +147,8 @@ def build_parser() -> OneLineParser:
                        "(the executed notebook kept as notebook.ipynb). Complete runs are skipped, interrupted "
                        "ones resumed; a failing cell is recorded and the others go on. Prints a table of every "
                        "cell; exit code 1 when any cell failed or diverged.")
-    _grid_arguments(p, presets, "default: every method; variants too (selective_backprop+free_scoring ...)")
+    _grid_arguments(p, presets, "default: every method on the models the paper ran it on (T5: no batch "
+                    "selection); named methods run on every model; variants too (selective_backprop+free_scoring ...)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=V1,V2,...", dest="settings",
                    help="a grid axis: one variant of METHOD per value (lion.lr=3e-4,7e-4,2e-3; "
                    "baseline.recipe.lr=5e-4,1e-3); repeatable, several keys of one method combine")

@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import RunError, UsageError
-from .presets import METHODS, MODELS, format_budget, get_preset, middle_budget, parse_budget
+from .presets import MODELS, format_budget, get_preset, middle_budget, parse_budget
 from .progress import Bar
 from .records import RunDir
 from .resources import notebook as shipped_notebook
@@ -498,8 +498,8 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
           ray_address: str | None = None, jobs: int = 1, results: str | Path = "results",
           data_dir: str | Path | None = None, finetune: bool = False, ablations: bool = False,
           log=print) -> list[dict]:
-    """Run the grid models x methods x budgets x seeds (defaults: both models, every method, the preset's budgets
-    and seeds) through notebooks/pretrain.ipynb; a method may be a variant (`sophia+free_hessian`). With
+    """Run the grid models x methods x budgets x seeds (defaults: both models, each built-in method on the models
+    the paper ran it on, the preset's budgets and seeds) through notebooks/pretrain.ipynb; a method may be a variant (`sophia+free_hessian`). With
     `ablations`, the paper's ablations join the grid at its middle budget (`plan_ablations`). Returns one row per cell, in grid order: model, method, budget,
     seed, run_dir, status (complete | skipped | failed | diverged), rst_s, wall_s (the run's training wall time),
     final_val_loss, error, elapsed_s (this call's seconds on the cell, papermill and kernel start included),
@@ -512,7 +512,11 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
 
     preset_obj = get_preset(preset)
     models = _check_list("models", MODELS if models is None else models, MODELS)
-    methods = check_methods(METHODS if methods is None else methods)
+    from .methods import studied_methods
+
+    # the default grid is the paper's: each built-in method on the models it was studied on; named methods run on
+    # every model asked
+    by_model = {m: studied_methods(m) if methods is None else check_methods(methods) for m in models}
     budgets = _check_list("budgets", preset_obj.budgets if budgets is None else budgets)
     for budget in budgets:
         parse_budget(budget)
@@ -542,7 +546,8 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     shown_results = Path(results)
     check_writable(shown_results)
 
-    cells = plan_grid(preset_obj.name, models, methods, budgets, seeds, shown_results.resolve())
+    cells = [cell for m in models
+             for cell in plan_grid(preset_obj.name, [m], by_model[m], budgets, seeds, shown_results.resolve())]
     if ablations:
         known = {c.run_dir for c in cells}
         cells += [c for c in plan_ablations(preset_obj.name, models, budgets, seeds, shown_results.resolve())

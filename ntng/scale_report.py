@@ -198,10 +198,10 @@ def budget_to_reach(points: list[tuple[float, float]], target: float) -> float |
 
 
 def reference_grid_methods() -> dict[str, list[str]]:
-    """model -> the built-in methods the paper ran on it (each method's `studied_on`)."""
-    from .methods import BUILTINS
+    """model -> the built-in methods the paper ran on it (each method's `studied_on`): a sweep's default grid."""
+    from .methods import studied_methods
 
-    return {model: [name for name, cls in BUILTINS.items() if model in cls.studied_on] for model in ("bert", "t5")}
+    return {model: studied_methods(model) for model in ("bert", "t5")}
 
 
 def grid_rst_seconds(preset: Preset, methods_by_model: dict[str, list[str]], ablations: int,

@@ -339,6 +339,24 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
             get_preset("bad")
 
 
+def test_the_default_grid_is_the_papers_named_methods_run_on_every_model(built_fixture, tmp_path, monkeypatch):
+    planned = []
+    monkeypatch.setattr(grid, "_execute_local", lambda tasks, jobs, on_done: planned.extend(
+        (t["model"], t["method"]) for t in tasks) or [on_done(k, grid._result(t, "failed", None, 0.0, "not run"))
+                                                      for k, t in enumerate(tasks)])
+    common = {"preset": "tiny", "budgets": ["5s"], "seeds": [0], "results": tmp_path, "data_dir": built_fixture[0],
+              "log": lambda m: None}
+    grid.sweep(**common)
+    bert = [m for model, m in planned if model == "bert"]
+    t5 = [m for model, m in planned if model == "t5"]
+    assert sorted(bert) == sorted(["baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss",
+                                   "lion", "sophia"])
+    assert sorted(t5) == sorted(["baseline", "layer_stacking", "layer_dropping", "lion", "sophia"])  # Section 4
+    planned.clear()
+    grid.sweep(**common, models=["t5"], methods=["selective_backprop"])  # asked for by name: it runs on T5
+    assert planned == [("t5", "selective_backprop")]
+
+
 def test_each_models_first_rho_cell_starts_first_and_its_others_last():
     cells = [(model, method, budget) for model in ("bert", "t5") for method in ("baseline", "rho_loss", "lion")
              for budget in ("3s", "6s")]

@@ -119,4 +119,10 @@ def build_method(name: str, model: str, preset, **options) -> Method:
         raise UsageError(f"method {cls.name}: {exc}") from None
 
 
-__all__ = ["Method", "Run", "build_method", "find_method", "method_names", "BUILTINS", "HOOKS"]
+def studied_methods(model: str) -> list[str]:
+    """The built-in methods the paper ran on `model` (each one's `studied_on`), in the study's order: a grid's
+    default (BERT all seven; T5 without batch selection)."""
+    return [name for name, cls in BUILTINS.items() if model in cls.studied_on]
+
+
+__all__ = ["Method", "Run", "build_method", "find_method", "method_names", "studied_methods", "BUILTINS", "HOOKS"]
