@@ -176,6 +176,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--out", type=Path, default=None, help="where _build/ goes (default: the current directory)")
+    p.add_argument("--records-only", action="store_true",
+                   help="build from the records as they are: run no cell and measure no RST table (committed "
+                        "records, or a grid still running elsewhere)")
 
     p = sub.add_parser("compare", help="is a method faster than the baseline under the same RST budgets?",
                        description="Run what is missing of METHOD and of the baseline at the same preset, budgets "
@@ -340,7 +343,7 @@ def cmd_probe(args) -> int:
 def cmd_book(args) -> int:
     from .book import build_book
 
-    index = build_book(preset=args.preset, results=args.results, out_dir=args.out,
+    index = build_book(preset=args.preset, results=args.results, out_dir=args.out, run_grid=not args.records_only,
                        log=lambda m: print(f"ntng book: {m}", flush=True))
     print(f"ntng book: open {index}")
     return 0

@@ -228,3 +228,14 @@ def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, mon
     assert isinstance(jobs, int) and jobs == max(1, os.cpu_count() or 1)  # smoke asks for one CPU per cell
     assert calls[0]["finetune"] == ["12s"] and calls[0]["preset"] == "smoke"  # smoke: the largest budget only
     assert calls[0]["ablations"] is True  # the paper's ablations at the middle budget
+
+
+def test_the_book_can_be_built_from_the_records_alone(monkeypatch, tmp_path):
+    import ntng.book
+    from ntng import cli
+
+    calls = []
+    monkeypatch.setattr(ntng.book, "build_book", lambda **kw: calls.append(kw) or tmp_path / "index.html")
+    assert cli.main(["book", "--preset", "cpu", "--records-only", "--results", str(tmp_path)]) == 0
+    assert cli.main(["book", "--preset", "cpu", "--results", str(tmp_path)]) == 0
+    assert [c["run_grid"] for c in calls] == [False, True] and calls[0]["preset"] == "cpu"
