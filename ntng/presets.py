@@ -256,7 +256,7 @@ PRESETS: dict[str, Preset] = {
                             lion_lr=2.8e-3, sophia_rho=5e-3),
         t5_recipe=replace(with_peak_lr(T5_PAPER_RECIPE, 4e-2), eval_sequences=512),
         finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
-        book_finetune="largest",  # 15 runs at the largest budget, ~1 min per task and model each
+        book_finetune="largest",  # the 12 runs of the largest budget (7 BERT, 5 T5), ~1 min per task and model each
         # what `ntng tune --preset cpu` chose where it differs from the paper's value (results/tuning/cpu/, the page
         # "Tuning on equal terms"); the baseline's peak, stacking points and layer dropping's gamma stayed
         method_options={"bert": {
