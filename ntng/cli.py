@@ -203,8 +203,9 @@ def build_parser() -> OneLineParser:
                        description="Try each hyper-parameter the paper tuned (Appendix C; each method's tuning()) at "
                        "three values, one axis at a time around the preset's current values, at one budget (default: "
                        "the preset's smallest) and seed, into RESULTS/<preset>/<model>/<variant>/<budget>/seed<k>/; "
-                       "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. Prints "
-                       "each axis's final losses and the chosen value (the lowest).")
+                       "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. A real "
+                       "value chosen at the edge of those tried is followed one factor further, at most twice. Prints "
+                       "each axis's final losses and the chosen value (the lowest, by a margin of noise).")
     _grid_arguments(p, presets, "default: every method on the models the paper ran it on")
     p.add_argument("--budget", type=_budget, default=None, help="default: the preset's smallest")
     p.add_argument("--seed", type=_seed, default=None, help="default: 0")
@@ -294,11 +295,25 @@ def cmd_sweep(args) -> int:
     from .grid import format_table, sweep
     from .variants import expand_settings
 
-    methods = expand_settings(args.methods or list(METHODS), args.settings) if args.settings else args.methods
-    rows = sweep(preset=args.preset, models=args.models, methods=methods, budgets=args.budgets,
-                 seeds=args.seeds, executor=args.executor, ray_address=args.ray_address, jobs=args.jobs,
-                 results=args.results, finetune=True if args.finetune == [] else args.finetune,  # bare: all
-                 ablations=args.ablations, log=lambda m: print(f"ntng sweep: {m}", flush=True))
+    common = dict(preset=args.preset, budgets=args.budgets, seeds=args.seeds, executor=args.executor,
+                  ray_address=args.ray_address, jobs=args.jobs, results=args.results,
+                  finetune=True if args.finetune == [] else args.finetune,  # bare: all
+                  ablations=args.ablations, log=lambda m: print(f"ntng sweep: {m}", flush=True))
+    if args.settings and not args.methods:  # the default grid per model (the paper's scope), --set applied to it
+        from .methods import studied_methods
+
+        models = args.models or list(MODELS)
+        expand_settings(sorted({m for model in models for m in studied_methods(model)}), args.settings)  # checked
+
+        def applies(assignment: str, methods: list[str]) -> bool:
+            return any(assignment.split("=", 1)[0].startswith(m + ".") for m in methods)
+
+        grids = [([model], expand_settings(studied_methods(model),
+                                           [a for a in args.settings if applies(a, studied_methods(model))]))
+                 for model in models]
+    else:
+        grids = [(args.models, expand_settings(args.methods, args.settings) if args.settings else args.methods)]
+    rows = [row for models, methods in grids for row in sweep(models=models, methods=methods, **common)]
     print(format_table(rows), flush=True)
     bad = sum(r["status"] in ("failed", "diverged") for r in rows)
     if bad:

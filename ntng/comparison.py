@@ -205,9 +205,12 @@ def compare(method: str, models=("bert",), budgets=None, seeds=None, preset: str
                  results=results, jobs=jobs, data_dir=data_dir, log=log)
     table = load_runs(results, preset)
     wanted = {format_budget(parse_budget(b)) for b in budgets}
+    # a cell the sweep failed (e.g. a run made before a tuned default changed) is not evidence for either side
+    failed = {str(Path(r["run_dir"]).resolve()) for r in rows if r["status"] == "failed"}
     runs = table.runs
     if len(runs):
-        runs = runs[runs["model"].isin(models) & runs["budget"].isin(wanted) & runs["seed"].isin(seeds)]
+        runs = runs[runs["model"].isin(models) & runs["budget"].isin(wanted) & runs["seed"].isin(seeds)
+                    & ~runs["run_dir"].map(lambda d: str(Path(d).resolve())).isin(failed)]
     out = Comparison(method=name, preset=preset, claim=claim_factor, runs=rows)
     out.results = summarise(runs, table.evals, name, claim_factor) if len(runs) else []
     return out

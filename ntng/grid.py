@@ -6,8 +6,9 @@ summary.json is the source of truth for what a directory holds:
 
 - `complete`: skipped, nothing is started;
 - `diverged`: final (the same seed diverges again), reported as diverged; delete the directory to retry;
-- `complete` or `diverged` but made with other settings than the preset gives the cell today (a tuned default
-  changed since: `stale_settings`): reported as failed, naming them, and left as it is; move it away to re-run it;
+- `complete`, `diverged` or interrupted, but made with other settings than the preset gives the cell today (a tuned
+  default changed since: `stale_settings`): reported as failed, naming them, and left as it is (not resumed); move
+  it away to re-run it;
 - config.json + checkpoint.pt (`running`, or `failed` after its first checkpoint): resumed, not restarted;
 - anything else (nothing yet, a cell refused before training, killed before its first checkpoint): started afresh.
 
@@ -116,15 +117,16 @@ def cell_state(run_dir: Path) -> str:
 
 
 def stale_settings(run_dir: Path, model: str, method: str, preset) -> list[str]:
-    """The settings a finished run in `run_dir` was made with that `preset` no longer gives it (config.json's
-    recipe and method settings against `train.settings_in_force`); [] when they agree or the record cannot tell."""
+    """The settings a run in `run_dir` (finished or interrupted) was made with that `preset` no longer gives it
+    (config.json's recipe and method settings against `train.settings_in_force`); [] when they agree or the record
+    cannot tell."""
     from .train import changed_settings, settings_in_force
 
     try:
         config = RunDir(run_dir).read_config()
         now = settings_in_force(model, method, preset)
-    except (RunError, UsageError):
-        return []  # unreadable, or a method that cannot be built here: nothing to compare
+    except Exception:  # unreadable, or a method that cannot be built here: its cell says why when it runs
+        return []
     return changed_settings(config, now)
 
 
@@ -566,8 +568,8 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
             task.update(finetune_notebook=finetune_text, finetune_recipe=asdict(preset_obj.finetune))
         state = cell_state(cell.run_dir)
         stale = stale_settings(cell.run_dir, cell.model, cell.method, preset_obj) if state in (
-            "complete", "diverged") else []
-        if stale:  # not what the grid would run today: not counted as its cell, and not overwritten
+            "complete", "diverged", "resume") else []
+        if stale:  # not what the grid would run today: not counted as its cell, not resumed, not overwritten
             rows[i] = _result(task, "failed", _read_summary(RunDir(cell.run_dir)), 0.0, error=(
                 f"made with other settings than preset {preset_obj.name} gives it now ({', '.join(stale)}); left "
                 f"as it is: move it away to re-run it"))

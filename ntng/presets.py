@@ -197,11 +197,11 @@ PRESETS: dict[str, Preset] = {
         vocab_size=8192,  # REFERENCE.md: ~6.3M WordPiece tokens at 8k; small vocab keeps the embedding cheap
         bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
         t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
-        # 14 grid cells x 21 s of RST; with ~10 s of start-up per cell (a kernel importing torch and transformers)
+        # 12 grid cells (7 methods on BERT, 5 on T5) x 21 s of RST, and 3 ablations at 6 s; with ~10 s of start-up per cell (a kernel importing torch and transformers)
         # and the RHO-LOSS irreducible-loss models, `make book` takes ~15 min on 2 cores (measured: README)
         budgets=("3s", "6s", "12s"),
         # the paper's recipes; a small batch (32 / 16 sequences) still trains stably at these peaks in seconds;
-        # 64 validation windows (8k tokens): every eval point costs wall time in each of the grid's 42 runs
+        # 64 validation windows (8k tokens): every eval point costs wall time in each of the grid's 39 runs
         bert_recipe=replace(BERT_PAPER_RECIPE, eval_sequences=64),
         t5_recipe=replace(T5_PAPER_RECIPE, eval_sequences=64),
         # seconds per task: 256 training passages cut to 64 tokens, 2 epochs = 32 steps, which tiny models only
@@ -209,7 +209,7 @@ PRESETS: dict[str, Preset] = {
         finetune=FinetuneRecipe(lr=1e-3, t5_lr=5e-4, epochs=2, batch_size=16, max_len=64, max_train=256,
                                 max_dev=128),
         # the largest only: the tiny models of the shorter budgets fine-tune to their floor anyway, and fine-tuning
-        # all 42 runs would be a third of the book's 20 minutes
+        # all 39 runs would be a third of the book's 20 minutes
         book_finetune="largest",
         description="tiny models: the whole default grid and the book build in ~15-20 min on 2 CPU cores",
     ),

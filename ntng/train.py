@@ -209,25 +209,37 @@ def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
     return dataclasses.replace(preset, **{key: dataclasses.replace(recipe, **changes)})
 
 
+# recipe fields that do not change what a run learns or reports (how often it checkpoints)
+UNRECORDED_RECIPE_FIELDS = ("checkpoint_every",)
+# the recipe's optimizer: a method that builds its own (Lion, Sophia, layer dropping's own peak) records the values it
+# builds it from in its settings, so the baseline's peak moving does not concern its runs
+RECIPE_OPTIMIZER_FIELDS = ("optimizer", "lr", "betas", "eps", "weight_decay")
+
+
 def settings_in_force(model: str, method: str, preset: Preset) -> dict:
     """What a run of `method` (a variant) at `preset` is made with today, as its config.json records it: the
-    recipe (less the fields only methods read) and the method's settings. Raises UsageError as `resolve` does."""
+    recipe fields it reads (not the methods' own fields, whose values in force are in the method's settings, nor
+    the recipe's optimizer where the method builds its own) and the method's settings. Raises UsageError as
+    `resolve` does."""
     parsed = parse_variant(method)
     overrides = parsed.recipe_overrides()
     preset_obj = with_recipe(preset, model, overrides) if overrides else preset
     hooks = build_method(parsed.method, model, preset_obj, **parsed.method_options())
-    recipe = {k: v for k, v in asdict(preset_obj.recipe(model)).items() if k not in METHOD_RECIPE_FIELDS}
+    ignored = set(METHOD_RECIPE_FIELDS) | set(UNRECORDED_RECIPE_FIELDS)
+    if type(hooks).build_optimizer is not Method.build_optimizer:
+        ignored |= set(RECIPE_OPTIMIZER_FIELDS)
+    recipe = {k: v for k, v in asdict(preset_obj.recipe(model)).items() if k not in ignored}
     return _jsonish({"recipe": recipe, "method_settings": hooks.settings()})
 
 
 def changed_settings(config: dict, now: dict) -> list[str]:
     """The settings (`recipe.lr`, `method_settings.rho`) a run recorded in `config` that differ from `now`
-    (`settings_in_force`): a tuned default changed after the run was made."""
+    (`settings_in_force`, whose keys say which are compared): a tuned default changed after the run was made."""
     changed = []
     for part, values in now.items():
-        recorded = {k: v for k, v in (config.get(part) or {}).items()
-                    if part != "recipe" or k not in METHOD_RECIPE_FIELDS}
-        changed += [f"{part}.{k}" for k in sorted(set(values) | set(recorded)) if recorded.get(k) != values.get(k)]
+        recorded = config.get(part) if isinstance(config.get(part), dict) else {}
+        keys = set(values) if part == "recipe" else set(values) | set(recorded)
+        changed += [f"{part}.{k}" for k in sorted(keys) if recorded.get(k) != values.get(k)]
     return changed
 
 

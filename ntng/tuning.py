@@ -5,9 +5,11 @@ value first, then a factor of two either side, or the method's own rule). The gr
 the current values: a centre run sets every tuned key to its current value, and each other value of a key is one
 run with the other keys at the centre — k tuned keys make 1 + 2k runs, and every key gets three trials. All runs
 at one budget (the preset's smallest) and one seed; the value with the lowest final validation loss is chosen.
-A real-valued hyper-parameter whose chosen value is the smallest or largest tried is followed outward by the same
-factor (one more run at a time, at most `MAX_EXTENSIONS` per axis), so no method's optimum is left outside its grid
-because its current value started far from it; every axis, the baseline's included, follows the same rule.
+A real-valued hyper-parameter (a float; not a whole number such as a mega-batch factor, nor a list such as stacking
+points, whose grids are the method's own) whose chosen value is the smallest or largest tried is followed outward by
+the same factor, one run at a time, at most `MAX_EXTENSIONS` per axis, and a value beyond the edge is chosen only by
+beating the previous choice by more than the noise margin: no method's optimum is left outside its grid because its
+current value started far from it. Every such axis, the baseline's peak included, follows the same rule.
 
 The plan (the runs, each axis's values, the centre and the value at preset `paper`) is written to
 RESULTS/<preset>/tuning.json before anything runs and reused when the same command runs again, so an interrupted
@@ -105,23 +107,53 @@ def tune(preset: str, models=None, methods=None, budget: str | None = None, seed
         check_same_plan(plan, path, models, methods, budget, seed)
         log(f"continuing the plan of {plan['planned_on']} in {path}")
     try:
-        while True:
-            for model, runs in plan["runs"].items():
-                if runs:
-                    log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
-                    sweep(preset=preset, models=[model], methods=list(runs), budgets=[plan["budget"]],
-                          seeds=[plan["seed"]], results=results, jobs=jobs, log=log)
+        todo = {model: list(runs) for model, runs in plan["runs"].items()}
+        while todo:
+            for model, runs in todo.items():
+                log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
+                sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]],
+                      seeds=[plan["seed"]], results=results, jobs=jobs, log=log)
             added = extend_plan(plan, rows_for_plan(results, plan))
-            if not added:
-                break
-            write_json(path, plan)
+            if added:
+                write_json(path, plan)
+            todo = {}
             for model, run in added:
                 log(f"{model}: {run}: the chosen value is at the edge of its axis; trying one step beyond")
+                todo.setdefault(model, []).append(run)
     except UsageError:
         if fresh and not any((path.parent / model).exists() for model in plan["runs"]):
             path.unlink()  # refused before anything ran: leave nothing behind
         raise
     return tuning_rows(results, preset)
+
+
+def choose(trials: list[dict], centre, planned: int) -> dict | None:
+    """The chosen trial of one axis. Of the `planned` first values, the lowest complete final loss, unless it beats
+    the centre by NOISE_MARGIN_NATS or less (one seed cannot tell them apart: the centre stays); then each value
+    tried beyond the edge, in order, replaces the choice only by beating it by more than the margin too, so noise
+    does not lead the grid outward. None until a run completes."""
+    def done(t):
+        return t["status"] == "complete" and t["final_val_loss"] is not None and math.isfinite(t["final_val_loss"])
+
+    first = [t for t in trials[:planned] if done(t)]
+    if not first:
+        return None
+    best = min(first, key=lambda t: t["final_val_loss"])
+    centre_trial = next((t for t in first if t["value"] == centre), None)
+    if centre_trial is not None and centre_trial["final_val_loss"] - best["final_val_loss"] <= NOISE_MARGIN_NATS:
+        best = centre_trial
+    for trial in trials[planned:]:
+        if done(trial) and best["final_val_loss"] - trial["final_val_loss"] > NOISE_MARGIN_NATS:
+            best = trial
+    return best
+
+
+def next_extension(axis: dict, chosen) -> float | None:
+    """The value one step beyond `chosen` that `extend_plan` would add to `axis` (None: none due)."""
+    if axis.get("extended", 0) >= MAX_EXTENSIONS:
+        return None
+    value = value_beyond(axis["values"], chosen)
+    return None if value is None or value in axis["values"] else value
 
 
 def value_beyond(tried: list, chosen) -> float | None:
@@ -145,10 +177,8 @@ def extend_plan(plan: dict, rows: list[dict]) -> list[tuple[str, str]]:
     most `MAX_EXTENSIONS` times per axis; returns the (model, run) pairs added. `plan` is changed in place."""
     added = []
     for axis, row in zip(plan["axes"], rows, strict=True):
-        if not row["complete"] or row["chosen"] is None or axis.get("extended", 0) >= MAX_EXTENSIONS:
-            continue
-        value = value_beyond(axis["values"], row["chosen"])
-        if value is None or value in axis["values"]:
+        value = row["beyond"]
+        if value is None:
             continue
         centre = {r["key"]: r["centre"] for r in rows if r["model"] == axis["model"] and r["method"] == axis["method"]}
         run = canonical_method(variant_name(axis["method"], {**centre, axis["key"]: value}))
@@ -193,19 +223,16 @@ def rows_for_plan(results: str | Path, plan: dict) -> list[dict]:
             status, loss = _final_loss(Path(results) / preset / axis["model"] / name / plan["budget"] /
                                        f"seed{plan['seed']}")
             trials.append({"value": value, "run": run, "status": status, "final_val_loss": loss})
-        done = [t for t in trials if t["status"] == "complete" and t["final_val_loss"] is not None
-                and math.isfinite(t["final_val_loss"])]
-        final = [t for t in trials if t["status"] in ("complete", "diverged")]  # a diverged run is not re-run
-        best = min(done, key=lambda t: t["final_val_loss"]) if done else None
-        centre = next((t for t in done if t["value"] == axis["centre"]), None)
-        if best is not None and centre is not None and \
-                centre["final_val_loss"] - best["final_val_loss"] <= NOISE_MARGIN_NATS:
-            best = centre  # one seed cannot tell them apart: the value the grid was centred on stays
+        best = choose(trials, axis["centre"], planned=len(axis["values"]) - axis.get("extended", 0))
+        settled = all(t["status"] in ("complete", "diverged") for t in trials)  # a diverged run is not re-run
+        beyond = next_extension(axis, best["value"]) if best and settled else None
         rows.append({**{k: axis[k] for k in ("model", "method", "key", "centre", "paper")},
                      "preset": preset, "budget": plan["budget"], "seed": plan["seed"], "trials": trials,
                      "chosen": best["value"] if best else None,
                      "chosen_loss": best["final_val_loss"] if best else None,
-                     "complete": len(final) == len(trials), "extended": axis.get("extended", 0)})
+                     # every run final and no step beyond the edge still due
+                     "complete": settled and beyond is None, "settled": settled, "beyond": beyond,
+                     "extended": axis.get("extended", 0)})
     return rows
 
 

@@ -130,3 +130,21 @@ def test_the_tutorial_notebook_runs_its_method_against_the_baseline(built_fixtur
     config = json.loads((tmp_path / "results" / "tiny" / "bert" / "freeze_embeddings" / "1s" / "seed1" /
                          "config.json").read_text())
     assert config["method_meta"]["family"] == "warm_start" and config["method_spec"] == "my_method:FreezeEmbeddings"
+
+
+def test_a_cell_the_sweep_failed_is_left_out_of_the_verdict(tmp_path, monkeypatch):
+    """A run made before a tuned default changed stays on disk, complete, but the sweep fails its cell: the
+    comparison counts only the other seed."""
+    import ntng.grid
+
+    syn.write_results(tmp_path)
+    stale = tmp_path / syn.PRESET / "bert" / "lion" / "5s" / "seed1"
+    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: [
+        {"status": "failed", "run_dir": str(stale), "error": "made with other settings"}])
+    out = cmp.compare("lion", models=["bert"], budgets=["5s"], seeds=[0, 1], preset=syn.PRESET, results=tmp_path)
+    (row,) = out.results
+    assert row.seeds == 1
+    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: [])
+    (row,) = cmp.compare("lion", models=["bert"], budgets=["5s"], seeds=[0, 1], preset=syn.PRESET,
+                         results=tmp_path).results
+    assert row.seeds == 2

@@ -149,7 +149,9 @@ def test_the_tuning_plan_goes_one_axis_at_a_time_on_the_papers_scope():
 def test_tuning_rows_choose_the_lowest_complete_loss(tmp_path):
     syn.write_tuning(tmp_path)
     rows = tuning.tuning_rows(tmp_path / "tuning", syn.PRESET)
-    assert len(rows) == 1 and rows[0]["chosen"] == 0.00035 and rows[0]["complete"]
+    assert len(rows) == 1 and rows[0]["chosen"] == 0.00035 and rows[0]["settled"]
+    assert not rows[0]["complete"] and rows[0]["beyond"] == 0.000175  # at the edge: one step beyond is due
+    assert "0.00035 (so far)" in tuning.format_tuning(rows)
     assert tuning.tuned_presets(tmp_path / "tuning") == [syn.PRESET]
     best = tmp_path / "tuning" / syn.PRESET / "bert" / "lion+lr=0.00035" / "5s" / "seed0" / "summary.json"
     best.write_text(json.dumps({"status": "complete", "final_val_loss": 6.20 - 0.009}))  # within the noise margin
@@ -177,7 +179,7 @@ def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
     beyond = "lion+lr=0.000175"
     assert [(c["models"], c["methods"], c["budgets"], c["seeds"], c["jobs"]) for c in calls] == \
         [(["bert"], list(syn.TUNING_LOSSES), ["5s"], [0], 2),
-         (["bert"], [*syn.TUNING_LOSSES, beyond], ["5s"], [0], 2)]
+         (["bert"], [beyond], ["5s"], [0], 2)]  # then only the run added
     plan = json.loads((tmp_path / "tuning" / syn.PRESET / "tuning.json").read_text())
     assert plan["axes"][0]["values"][-1] == 0.000175 and plan["axes"][0]["extended"] == 1
     calls.clear()
@@ -231,6 +233,11 @@ def test_the_edge_is_followed_at_most_twice_and_stops_when_the_edge_loses(tmp_pa
     finish("lion+lr=0.000175", None, status="diverged")  # the step beyond diverged: 0.00035 is inside now
     rows = tuning.rows_for_plan(fresh / "tuning", plan)
     assert rows[0]["chosen"] == 0.00035 and rows[0]["complete"]
+    assert tuning.extend_plan(plan, rows) == []
+    (root / "bert" / "lion+lr=0.000175" / "5s" / "seed0" / "summary.json").write_text(
+        json.dumps({"status": "complete", "final_val_loss": 6.05 - 0.009}))  # beyond, but within the noise margin
+    rows = tuning.rows_for_plan(fresh / "tuning", plan)
+    assert rows[0]["chosen"] == 0.00035 and rows[0]["complete"]  # noise does not lead the grid outward
     assert tuning.extend_plan(plan, rows) == []
 
 

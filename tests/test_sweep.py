@@ -131,6 +131,28 @@ def test_a_run_made_before_a_default_changed_is_not_taken_for_the_cell(local_gri
     assert stamps == {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}  # nothing rewritten
 
 
+def test_a_change_concerns_only_the_runs_that_read_it():
+    """The baseline's peak moving concerns the runs built on the recipe's optimizer, not Lion's or Sophia's (they
+    record their own peaks); a method's own field concerns that method alone; checkpointing concerns none."""
+    from dataclasses import replace
+
+    from ntng.presets import get_preset
+
+    cpu = get_preset("cpu")
+    moved = replace(cpu, bert_recipe=replace(cpu.bert_recipe, lr=cpu.bert_recipe.lr * 2,
+                                             sophia_rho=cpu.bert_recipe.sophia_rho * 2, checkpoint_every=0.5))
+
+    def changed(method):
+        return train.changed_settings(train.settings_in_force("bert", method, cpu),
+                                      train.settings_in_force("bert", method, moved))
+
+    assert changed("baseline") == changed("layer_stacking") == ["recipe.lr"]
+    assert changed("layer_dropping") == ["method_settings.lr"]  # BERT's layer dropping takes the baseline's peak
+    assert changed("lion") == [] and changed("lion+lr=0.001") == []
+    assert changed("sophia") == ["method_settings.rho"] and changed("sophia+rho=0.01") == []
+    assert changed("baseline+recipe.lr=0.004") == []  # its own peak, whatever the preset's
+
+
 def test_the_same_grid_on_a_local_ray_runtime(local_grid, built_fixture, tmp_path):
     pytest.importorskip("ray")
     import ray
@@ -355,6 +377,17 @@ def test_the_default_grid_is_the_papers_named_methods_run_on_every_model(built_f
     planned.clear()
     grid.sweep(**common, models=["t5"], methods=["selective_backprop"])  # asked for by name: it runs on T5
     assert planned == [("t5", "selective_backprop")]
+
+
+def test_set_without_methods_applies_to_the_default_grid_of_each_model(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(grid, "sweep", lambda **kw: calls.append((kw["models"], kw["methods"])) or [])
+    assert cli.main(["sweep", "--preset", "smoke", "--set", "selective_backprop.scale=0.5,1"]) == 0
+    bert, t5 = calls
+    assert bert[0] == ["bert"] and "selective_backprop+scale=0.5" in bert[1] and "rho_loss" in bert[1]
+    assert t5[0] == ["t5"] and not any(m.startswith(("selective_backprop", "rho_loss")) for m in t5[1])
+    assert cli.main(["sweep", "--preset", "smoke", "--models", "t5", "--set", "rho_loss.mega_batch_factor=4"]) == 2
+    assert "rho_loss" in capsys.readouterr().err  # a setting for no method of the grid is refused
 
 
 def test_each_models_first_rho_cell_starts_first_and_its_others_last():
