@@ -191,7 +191,8 @@ def test_the_scale_and_tuning_pages_show_the_probe_and_tuning_records(book):
     table = next(t for t in tables if t and "chosen" in t[0])
     row = dict(zip(table[0], table[1], strict=True))
     best = min(syn.TUNING_LOSSES, key=syn.TUNING_LOSSES.get)  # lion+lr=0.00035
-    assert row["chosen"] == best.split("=")[1] and row["paper"] == "0.0007"
+    # the lowest is the smallest value tried: a step beyond it is still due, so the choice is not final yet
+    assert row["chosen"] == best.split("=")[1] + " (so far)" and row["paper"] == "0.0007"
     assert "0.00035: 6.050" in row["tried (final loss)"]
 
 
