@@ -304,13 +304,7 @@ def cmd_sweep(args) -> int:
 
         models = args.models or list(MODELS)
         expand_settings(sorted({m for model in models for m in studied_methods(model)}), args.settings)  # checked
-
-        def applies(assignment: str, methods: list[str]) -> bool:
-            return any(assignment.split("=", 1)[0].startswith(m + ".") for m in methods)
-
-        grids = [([model], expand_settings(studied_methods(model),
-                                           [a for a in args.settings if applies(a, studied_methods(model))]))
-                 for model in models]
+        grids = [([model], expand_settings(studied_methods(model), args.settings, strict=False)) for model in models]
     else:
         grids = [(args.models, expand_settings(args.methods, args.settings) if args.settings else args.methods)]
     rows = [row for models, methods in grids for row in sweep(models=models, methods=methods, **common)]

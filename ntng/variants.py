@@ -162,9 +162,10 @@ def with_settings(method: str, assignments) -> str:
     return parse_variant(variant_name(variant.method, settings)).name  # canonical: a flag turned off drops out
 
 
-def expand_settings(methods: list[str], assignments) -> list[str]:
+def expand_settings(methods: list[str], assignments, strict: bool = True) -> list[str]:
     """A sweep's grid axes: `--set METHOD.KEY=V1,V2` gives METHOD one variant per value (several keys: every
-    combination); a method named by no assignment stays as it is. A key must name a method of the grid."""
+    combination); a method named by no assignment stays as it is. A key must name a method of the grid (`strict`;
+    otherwise it is skipped: one model's grid of several that were checked together)."""
     import itertools
 
     axes: dict[str, list[tuple[str, list[str]]]] = {}
@@ -173,6 +174,8 @@ def expand_settings(methods: list[str], assignments) -> list[str]:
     for text in assignments or ():
         key, raw = parse_assignment(text)
         scope = next((m for m in grid_methods if key.startswith(m + ".") and len(key) > len(m) + 1), None)
+        if scope is None and not strict:
+            continue
         if scope is None:
             raise UsageError(f"bad --set {text!r} in a sweep: expected METHOD.KEY=V1,V2 with METHOD one of the "
                              f"grid's methods ({', '.join(sorted(grid_methods))}), e.g. lion.lr=3e-4,7e-4")
