@@ -24,13 +24,27 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively, else fp32 (None). NTNG_PRECISION=fp32 forces fp32."""
+PRECISIONS = ("fp32", "bf16")  # what a preset may pin (Preset.precision); None follows the host
+
+
+def autocast_dtype(device: torch.device, pinned: str | None = None) -> torch.dtype | None:
+    """The autocast dtype of a run: the preset's `pinned` precision ("fp32" -> None, "bf16"), or where it pins none,
+    bf16 where the hardware runs it natively, else fp32 (None). NTNG_PRECISION=fp32 forces fp32 when nothing is
+    pinned."""
+    if pinned is not None:
+        if pinned not in PRECISIONS:
+            raise ValueError(f"unknown precision {pinned!r} (choose from {', '.join(PRECISIONS)})")
+        return torch.bfloat16 if pinned == "bf16" else None
     if os.environ.get("NTNG_PRECISION", "").lower() == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How config.json names a run's precision: "float32" or the autocast dtype ("bfloat16")."""
+    return str(dtype).replace("torch.", "") if dtype else "float32"
 
 
 def describe_machine(device: torch.device) -> dict:

@@ -425,14 +425,15 @@ def make_downstream_model(model_name: str, backbone, encoded: Encoded, recipe: F
 
 
 def fit_task(model_name: str, backbone, encoded: Encoded, recipe: FinetuneRecipe, metric: str, seed: int,
-             log: Log = print, label: str = "") -> FitResult:
-    """Fine-tune `backbone` (consumed) on one encoded task; the head and data order are seeded by `seed`."""
+             log: Log = print, label: str = "", precision: str | None = None) -> FitResult:
+    """Fine-tune `backbone` (consumed) on one encoded task; the head and data order are seeded by `seed`;
+    `precision` the pre-training preset's pinned one (None follows the host)."""
     from .device import autocast_dtype, pick_device
 
     torch.manual_seed(seed)
     model = make_downstream_model(model_name, backbone, encoded, recipe)
     device = pick_device()
-    return _Fitter(model_name, model, encoded, recipe, metric, seed, device, autocast_dtype(device), log,
+    return _Fitter(model_name, model, encoded, recipe, metric, seed, device, autocast_dtype(device, precision), log,
                    label).fit()
 
 
@@ -487,7 +488,7 @@ def finetune(run_dir: str | Path, tasks=None, data_dir: str | Path | None = None
             glue.resolve_source(glue.BENCHMARK_TASKS[name])
     floor_root = Path(floor_dir) if floor_dir is not None else run.data_dir / "finetune-floors"
     device = pick_device()
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, run.preset.precision)  # the precision the run was pre-trained in, where pinned
     precision = str(amp).replace("torch.", "") if amp else "float32"
 
     tokenizer = data_mod.load_tokenizer(run.model, run.preset.vocab_size, run.data_dir, run.corpus)
@@ -508,7 +509,7 @@ def finetune(run_dir: str | Path, tasks=None, data_dir: str | Path | None = None
         log(f"{name} ({task.suite}, metric {task.metric}): {len(encoded.train_inputs)} train / "
             f"{len(encoded.dev_inputs)} dev examples, {run.model} with {depth} blocks")
         model_fit = fit_task(run.model, copy.deepcopy(pretrained), encoded, task_recipe, task.metric, run.seed,
-                             log, f"{name} pre-trained")
+                             log, f"{name} pre-trained", precision=run.preset.precision)
 
         key = floor_key(run, depth, name, encoded, task_recipe, precision)
         floor_path = floor_root / f"{run.preset.name}-{run.model}-{name}-seed{run.seed}-{key}.json"
@@ -523,7 +524,7 @@ def finetune(run_dir: str | Path, tasks=None, data_dir: str | Path | None = None
             torch.manual_seed(run.seed)  # the same initialisation a pre-training run of this seed starts from
             fresh = build_model(run.model, run.preset, vocab_size=run.vocab_size, num_layers=depth)
             floor = fit_task(run.model, fresh, encoded, task_recipe, task.metric, run.seed, log,
-                             f"{name} random init").to_dict()
+                             f"{name} random init", precision=run.preset.precision).to_dict()
             floor_root.mkdir(parents=True, exist_ok=True)
             write_json(floor_path, floor)
         result = {

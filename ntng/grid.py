@@ -116,15 +116,17 @@ def cell_state(run_dir: Path) -> str:
     return "fresh"
 
 
-def stale_settings(run_dir: Path, model: str, method: str, preset) -> list[str]:
+def stale_settings(run_dir: Path, model: str, method: str, preset, keep_evaluation: bool = False) -> list[str]:
     """The settings a run in `run_dir` (finished or interrupted) was made with that `preset` no longer gives it
-    (config.json's recipe and method settings against `train.settings_in_force`); [] when they agree or the record
-    cannot tell."""
+    (config.json's recipe, method settings and evaluation against `train.settings_in_force`; not the evaluation
+    with `keep_evaluation`); [] when they agree or the record cannot tell."""
     from .train import changed_settings, settings_in_force
 
     try:
         config = RunDir(run_dir).read_config()
         now = settings_in_force(model, method, preset)
+        if keep_evaluation:
+            now.pop("evaluation")
     except Exception:  # unreadable, or a method that cannot be built here: its cell says why when it runs
         return []
     return changed_settings(config, now)
@@ -499,7 +501,7 @@ def _display_path(path: Path) -> str:
 def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=None, executor: str = "local",
           ray_address: str | None = None, jobs: int = 1, results: str | Path = "results",
           data_dir: str | Path | None = None, finetune: bool = False, ablations: bool = False,
-          log=print) -> list[dict]:
+          keep_evaluation: bool = False, log=print) -> list[dict]:
     """Run the grid models x methods x budgets x seeds (defaults: both models, each built-in method on the models
     the paper ran it on, the preset's budgets and seeds) through notebooks/pretrain.ipynb; a method may be a variant (`sophia+free_hessian`). With
     `ablations`, the paper's ablations join the grid at its middle budget (`plan_ablations`). Returns one row per cell, in grid order: model, method, budget,
@@ -507,8 +509,9 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
     final_val_loss, error, elapsed_s (this call's seconds on the cell, papermill and kernel start included),
     resumed, finetune. With `finetune` (True, or some of the grid's budgets: only their runs), every complete run
     is then fine-tuned on the offline tasks (into DIR/finetune/; see the module's docstring) unless its results
-    are up to date; finetune says complete | skipped | failed (None where not asked). Bad grid-wide input raises UsageError
-    before anything is written."""
+    are up to date; finetune says complete | skipped | failed (None where not asked). `keep_evaluation`: a run
+    evaluated on another set or precision (`train.evaluation_in_force`) still counts as its cell (a finished tuning
+    keeps the records it chose by). Bad grid-wide input raises UsageError before anything is written."""
     from . import data as data_mod
     from .train import check_writable
 
@@ -567,7 +570,7 @@ def sweep(preset: str = "smoke", models=None, methods=None, budgets=None, seeds=
         if tuned:
             task.update(finetune_notebook=finetune_text, finetune_recipe=asdict(preset_obj.finetune))
         state = cell_state(cell.run_dir)
-        stale = stale_settings(cell.run_dir, cell.model, cell.method, preset_obj) if state in (
+        stale = stale_settings(cell.run_dir, cell.model, cell.method, preset_obj, keep_evaluation) if state in (
             "complete", "diverged", "resume") else []
         if stale:  # not what the grid would run today: not counted as its cell, not resumed, not overwritten
             rows[i] = _result(task, "failed", _read_summary(RunDir(cell.run_dir)), 0.0, error=(

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .errors import RunError
 
-METRIC_COLUMNS = ("step", "rst_s", "wall_s", "tokens", "train_loss", "lr", "active_layers", "val_loss")
+METRIC_COLUMNS = ("step", "rst_s", "wall_s", "tokens", "train_loss", "lr", "active_layers", "val_loss", "val_floor")
+# records made before the evaluation set had its own floor (ntng.evaluation): read with val_floor empty
+LEGACY_METRIC_COLUMNS = METRIC_COLUMNS[:-1]
 STATUSES = ("running", "complete", "diverged", "failed")
 
 
@@ -90,19 +92,20 @@ def read_metrics_checked(path: Path, steps: int | None = None):
     except (OSError, UnicodeDecodeError) as exc:
         raise Unreadable(path.name, f"cannot be read ({exc})") from None
     lines = list(csv.reader(io.StringIO(text)))
-    if not lines or tuple(lines[0]) != METRIC_COLUMNS:
+    if not lines or tuple(lines[0]) not in (METRIC_COLUMNS, LEGACY_METRIC_COLUMNS):
         raise Unreadable(path.name, "unexpected header")
+    columns = tuple(lines[0])
     if not text.endswith("\n"):
         raise Unreadable(path.name, f"truncated (row {len(lines) - 1} is cut short)")
     rows = []
     for number, cells in enumerate(lines[1:], start=1):
-        if len(cells) != len(METRIC_COLUMNS):
-            raise Unreadable(path.name, f"truncated (row {number} has {len(cells)} of {len(METRIC_COLUMNS)} cells)")
+        if len(cells) != len(columns):
+            raise Unreadable(path.name, f"truncated (row {number} has {len(cells)} of {len(columns)} cells)")
         try:
             rows.append([_number(c) for c in cells])
         except ValueError:
             raise Unreadable(path.name, f"row {number} holds a value that is not a number") from None
-    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(columns)).reindex(columns=list(METRIC_COLUMNS))
     if frame["step"].isna().any() or (frame["step"].diff().dropna() < 0).any():
         raise Unreadable(path.name, "steps missing or out of order")
     if steps is not None and (frame.empty or int(frame["step"].iloc[-1]) != int(steps)):

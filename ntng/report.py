@@ -161,7 +161,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
            "wall_s": _finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
            "final_val_loss": _finite(summary.get("final_val_loss")) if status == "complete" else math.nan,
            "error": summary.get("error") or "", "rst_table": (config.get("rst_table") or {}).get("name", ""),
-           "floor": _finite((config.get("data") or {}).get("floor")),
+           # the floor on exactly the targets evaluated (ntng.evaluation); records made before it had one: the
+           # packing's floor over the whole split
+           "floor": _finite((config.get("evaluation") or {}).get("floor", (config.get("data") or {}).get("floor"))),
            "free_scoring": bool(config.get("free_scoring")), "free_hessian": bool(config.get("free_hessian")),
            "method_card": config.get("method_card") or "", "method_meta": config.get("method_meta") or {},
            "run_dir": str(run_dir),

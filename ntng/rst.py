@@ -228,13 +228,14 @@ class RSTClock:
         self.breakdown[kind] += seconds
         return seconds
 
-    def charge_train(self, active_layers: int, kind: str = "train") -> float:
-        """One forward+backward micro-batch with `active_layers` blocks (kind 'hessian' for Sophia's passes)."""
-        return self._charge(kind, self.table.train_seconds(active_layers))
+    def charge_train(self, active_layers: int, kind: str = "train", share: float = 1.0) -> float:
+        """One forward+backward micro-batch with `active_layers` blocks (kind 'hessian' for Sophia's passes);
+        `share`: the pass's sequences as a fraction of the table's micro-batch (a smaller pass costs its share)."""
+        return self._charge(kind, self.table.train_seconds(active_layers) * share)
 
-    def charge_forward(self, active_layers: int, kind: str = "scoring") -> float:
-        """One forward-only micro-batch (batch-selection scoring)."""
-        return self._charge(kind, self.table.forward_seconds(active_layers))
+    def charge_forward(self, active_layers: int, kind: str = "scoring", share: float = 1.0) -> float:
+        """One forward-only micro-batch (batch-selection scoring); `share` as in `charge_train`."""
+        return self._charge(kind, self.table.forward_seconds(active_layers) * share)
 
     def charge_optimizer(self, optimizer: str) -> float:
         return self._charge("optimizer", self.table.optimizer_seconds(optimizer))

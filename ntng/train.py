@@ -20,8 +20,9 @@ import torch
 
 from . import data as data_mod
 from .batches import BatchStream, make_collator
-from .device import autocast_dtype, describe_machine, package_versions, pick_device
+from .device import autocast_dtype, describe_machine, package_versions, pick_device, precision_name
 from .errors import RunError, UsageError
+from .evaluation import EVAL_MASK_SEED, SELECTION_RULE, build_eval_set, mean_loss
 from .methods import Method, Run, build_method, find_method
 from .models import build_model, count_parameters, model_config_dict
 from .presets import METHOD_RECIPE_FIELDS, MODELS, Preset, format_budget, get_preset, parse_budget
@@ -35,7 +36,6 @@ from .variants import RECIPE_PREFIX, RUN_FLAGS, parse_variant, variant_name
 
 # a run's bar counts RST seconds of the budget, not steps (a step's cost varies with the method)
 RST_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} s RST [{elapsed}<{remaining}]"
-EVAL_MASK_SEED = 20230711  # one fixed masking of the validation windows, shared by every run: losses compare
 
 
 @dataclass
@@ -68,12 +68,23 @@ class PretrainSpec:
                 "preset": self.preset.name, "seed": self.seed, "rst_table": self.table.name,
                 "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
                 "method_options": self.method_options, "data_split": self.data_split,
+                "evaluation": evaluation_in_force(self.preset, self.model),
                 **({"recipe_overrides": self.recipe_overrides} if self.recipe_overrides else {}),
                 # the preset's defaults for the method (tuned values) that the run's own settings leave in force: a run
                 # made under others is another run
                 **({"preset_method_options": opts} if (opts := {
                     k: v for k, v in self.preset.options_for(self.model, self.method).items()
                     if k not in self.method_options}) else {})}
+
+
+def evaluation_in_force(preset: Preset, model: str) -> dict:
+    """How a run of `model` at `preset` is evaluated today (config.json's `evaluation` holds these and what they
+    gave: the set's size, fingerprint and floor): the rule that picks the validation windows, their masking, and
+    the precision where the preset pins one. A run evaluated otherwise does not compare with one made today."""
+    return {"selection": SELECTION_RULE, "mask_seed": EVAL_MASK_SEED,
+            "eval_sequences": preset.recipe(model).eval_sequences, "eval_points": preset.recipe(model).eval_points,
+            **({"precision": precision_name(autocast_dtype(torch.device("cpu"), preset.precision))}
+               if preset.precision else {})}
 
 
 def default_run_dir(preset: str, model: str, method: str, budget: str, seed: int, results: Path | str = "results"):
@@ -225,11 +236,13 @@ def settings_in_force(model: str, method: str, preset: Preset) -> dict:
     overrides = parsed.recipe_overrides()
     preset_obj = with_recipe(preset, model, overrides) if overrides else preset
     hooks = build_method(parsed.method, model, preset_obj, **parsed.method_options())
-    ignored = set(METHOD_RECIPE_FIELDS) | set(UNRECORDED_RECIPE_FIELDS)
+    # how a run is evaluated is compared with the rest of the evaluation (its own part, below)
+    ignored = set(METHOD_RECIPE_FIELDS) | set(UNRECORDED_RECIPE_FIELDS) | {"eval_sequences", "eval_points"}
     if type(hooks).build_optimizer is not Method.build_optimizer:
         ignored |= set(RECIPE_OPTIMIZER_FIELDS)
     recipe = {k: v for k, v in asdict(preset_obj.recipe(model)).items() if k not in ignored}
-    return _jsonish({"recipe": recipe, "method_settings": hooks.settings()})
+    return _jsonish({"recipe": recipe, "method_settings": hooks.settings(),
+                     "evaluation": evaluation_in_force(preset_obj, model)})
 
 
 def changed_settings(config: dict, now: dict) -> list[str]:
@@ -238,7 +251,12 @@ def changed_settings(config: dict, now: dict) -> list[str]:
     changed = []
     for part, values in now.items():
         recorded = config.get(part) if isinstance(config.get(part), dict) else {}
-        keys = set(values) if part == "recipe" else set(values) | set(recorded)
+        if part == "evaluation":  # the set was recorded with what it gave (size, fingerprint, floor), the precision
+            # beside it (config.json's `precision`), and before it had a part of its own, in the recipe
+            old = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+            recorded = {**{k: old[k] for k in ("eval_sequences", "eval_points") if k in old}, **recorded,
+                        "precision": config.get("precision", recorded.get("precision"))}
+        keys = set(values) if part in ("recipe", "evaluation") else set(values) | set(recorded)
         changed += [f"{part}.{k}" for k in sorted(keys) if recorded.get(k) != values.get(k)]
     return changed
 
@@ -283,10 +301,6 @@ def _tokens_per_sequence(model: str, preset: Preset) -> int:
     return preset.bert.seq_len if model == "bert" else preset.t5.input_len
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 class Trainer:
     """Holds one run's state; `train()` runs it to the budget (or to divergence)."""
 
@@ -294,7 +308,7 @@ class Trainer:
         self.spec = spec
         self.log = log
         self.device = pick_device()
-        self.amp_dtype = autocast_dtype(self.device)
+        self.amp_dtype = autocast_dtype(self.device, spec.preset.precision)
         self.run_dir = RunDir(spec.out_dir)
         preset, model_name = spec.preset, spec.model
         self.shape = preset.shape(model_name)
@@ -307,7 +321,8 @@ class Trainer:
         tokenizer = data_mod.load_tokenizer(model_name, preset.vocab_size, spec.data_dir, spec.corpus)
         self.vocab_size = tokenizer.get_vocab_size()
         packed = data_mod.load_packed(model_name, preset, spec.data_dir, spec.corpus)
-        train_ids, train_windows = select_split(*data_mod.windows_array(packed["train"]), spec.data_split)
+        all_train_windows = data_mod.windows_array(packed["train"])
+        train_ids, train_windows = select_split(*all_train_windows, spec.data_split)
         val_ids, val_windows = data_mod.windows_array(packed["validation"])
         self.data_fingerprint = data_mod.fingerprint_windows(packed["train"])
 
@@ -329,7 +344,11 @@ class Trainer:
             clock.table = dataclasses.replace(spec.table, optimizer={**spec.table.optimizer, key: price["seconds"]})
         self.method.bind(self.run)  # may reshape the model (e.g. start stacking from L/4 blocks)
         self.run.optimizer = self.method.build_optimizer(self.run.model)
-        self.eval_batches = self._eval_batches(val_windows, val_ids)
+        # the floor comes from the whole training split's frequencies, whatever part of it the method trains on
+        self.eval_set = build_eval_set(model_name, make_collator(model_name, preset, self.vocab_size,
+                                                                 seed=EVAL_MASK_SEED),
+                                       self.shape.micro_batch, val_windows, val_ids, self.recipe.eval_sequences,
+                                       all_train_windows[1], self.vocab_size)
 
         self.tokens = 0
         self.wall_s = 0.0  # wall time spent in training steps (evaluation and checkpoints excluded)
@@ -340,31 +359,9 @@ class Trainer:
         self.eval_fractions = [k / self.recipe.eval_points for k in range(0, self.recipe.eval_points + 1)]
 
     # --- evaluation --------------------------------------------------------------------------------------
-    def _eval_batches(self, windows, ids) -> list[dict]:
-        wanted = min(self.recipe.eval_sequences, len(windows))
-        size = min(self.shape.micro_batch, wanted)
-        if size == 0:
-            raise RunError("the validation split has no windows")
-        collator = make_collator(self.spec.model, self.spec.preset, self.vocab_size, seed=EVAL_MASK_SEED)
-        stream = torch.from_numpy(windows[: wanted - wanted % size]).long()
-        out = []
-        for start in range(0, len(stream), size):
-            batch = collator(stream[start:start + size])
-            batch["example_ids"] = torch.from_numpy(ids[start:start + size])
-            out.append(batch)
-        return out
-
-    @torch.no_grad()
     def evaluate(self) -> float:
-        model = self.run.model
-        model.eval()
-        losses = []
-        for batch in self.eval_batches:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                losses.append(model(_to_device(batch, self.device))["loss"].float())
-        model.train()
-        return float(torch.stack(losses).mean())
+        """The mean loss over every target of the evaluation set (ntng.evaluation)."""
+        return mean_loss(self.run.model, self.eval_set.batches, self.device, self.amp_dtype)
 
     # --- records -----------------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -386,7 +383,8 @@ class Trainer:
                      "train_fingerprint": self.data_fingerprint, "vocab_size": self.vocab_size,
                      # the loss of a model that ignores context (ntng.floors): what the run learned is below it
                      "floor": data_mod.packing_floor(spec.model, spec.preset, spec.data_dir, spec.corpus)},
-            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "evaluation": {**evaluation_in_force(spec.preset, spec.model), **self.eval_set.describe()},
+            "precision": precision_name(self.amp_dtype),
             "versions": package_versions(), "machine": describe_machine(self.device),
         }
 
@@ -402,7 +400,8 @@ class Trainer:
             "evals": self.evals, "rst_breakdown": dict(clock.breakdown), "rst_units": dict(clock.units),
             "method_stats": {"mean_active_layers": self.layer_sum / max(1, self.run.micro_step),
                              **self.method.stats()},
-            "data_split": self.spec.data_split, **self.prepared,
+            "data_split": self.spec.data_split, "eval_set": self.eval_set.fingerprint,
+            "val_floor": self.eval_set.floor, **self.prepared,
             **({"rst_estimates": self.rst_estimates} if self.rst_estimates else {}),
         }
         if error:
@@ -487,7 +486,7 @@ class Trainer:
     def _record_eval(self, row: dict) -> None:
         val = self.evaluate()
         self.evals.append({"step": self.run.step, "rst_s": self.run.clock.rst_seconds, "val_loss": val})
-        row["val_loss"] = val
+        row["val_loss"], row["val_floor"] = val, self.eval_set.floor
         # one eval covers every fraction it has passed (a step may cross two points of a tiny budget)
         while self._eval_due():
             self.next_eval += 1

@@ -111,8 +111,10 @@ def tune(preset: str, models=None, methods=None, budget: str | None = None, seed
         while todo:
             for model, runs in todo.items():
                 log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
+                # a tuning keeps the evaluation it chose by: its runs made before the preset's evaluation set
+                # changed still count (the tuning page states the set)
                 sweep(preset=preset, models=[model], methods=runs, budgets=[plan["budget"]],
-                      seeds=[plan["seed"]], results=results, jobs=jobs, log=log)
+                      seeds=[plan["seed"]], results=results, jobs=jobs, keep_evaluation=True, log=log)
             added = extend_plan(plan, rows_for_plan(results, plan))
             if added:
                 write_json(path, plan)

@@ -92,7 +92,8 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
         depth = 4 if method != "layer_stacking" else (1 if step < 3 else 2 if step < 6 else 4)
         evals = [v for r, v in points if abs(r - rst) < 1e-9]
         rows.append([step, rst, rst * 1.3 * rst_scale, step * 512, (L0 - 0.05 * step) if step else "",
-                     1e-3 if step else "", depth if step else "", evals[0] if evals else ""])
+                     1e-3 if step else "", depth if step else "", evals[0] if evals else "",
+                     FLOOR[model] if evals else ""])
     (run_dir / "metrics.csv").write_text(",".join(METRIC_COLUMNS) + "\n"
                                          + "".join(",".join(str(c) for c in r) + "\n" for r in rows))
     rst_total = budget_s * steps / 20

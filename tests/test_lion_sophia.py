@@ -175,7 +175,7 @@ def test_settings_are_validated_when_the_method_is_built(method):
     built = build_method(method, "t5", preset, lr=2e-3)
     assert built.settings()["lr"] == 2e-3 and built.rst_optimizer == method
     if method == "sophia":
-        for bad in ({"rho": 0.0}, {"hessian_interval": 0}, {"hessian_micro_batches": 0},
+        for bad in ({"rho": 0.0}, {"hessian_interval": 0}, {"hessian_sequences": 0},
                     {"hessian_interval": 2.5}):
             with pytest.raises(UsageError, match="sophia"):
                 build_method(method, "bert", preset, **bad)
@@ -195,7 +195,7 @@ def test_method_optimizers_use_the_decay_groups_and_the_recipe():
     assert sophia.bs == 32 * 128 and sophia.param_groups[0]["rho"] == 0.01  # C.6
     assert lion.param_groups[0]["betas"] == (0.9, 0.99) and sophia.param_groups[0]["betas"] == (0.965, 0.99)
     t5_sophia = build_method("sophia", "t5", preset)
-    assert t5_sophia.settings()["rho"] == 0.01 and t5_sophia.settings()["hessian_micro_batches"] == 1
+    assert t5_sophia.settings()["rho"] == 0.01 and t5_sophia.settings()["hessian_sequences"] == 16
     assert t5_sophia.settings()["rms_scale"] is True and t5_sophia.settings()["weight_decay"] == 0.0
 
 
@@ -231,3 +231,35 @@ def test_calibration_prices_every_optimizer_step_and_the_loop_accepts_it(built_f
     assert summary["status"] == "complete"
     assert summary["rst_breakdown"]["optimizer"] == pytest.approx(
         summary["steps"] * raw["units"]["optimizer"]["lion"], rel=1e-9)
+
+
+def test_a_hessian_estimate_costs_the_papers_share_of_a_batch_of_one_micro_batch():
+    """The paper's BERT estimate takes 768 of 1536 sequences every 10 steps (5% of the training passes). At `cpu` a
+    batch is one micro-batch of 16, so the estimate is 8 sequences charged half a micro-batch, not a whole one."""
+    from ntng.batches import BatchStream, make_collator
+    from ntng.methods.base import Run
+    from ntng.methods.sophia import hessian_pass
+    from ntng.models import build_model
+    from ntng.rst import RSTClock, RSTTable
+
+    cpu = PRESETS["cpu"]
+    sophia = build_method("sophia", "bert", cpu)
+    assert cpu.bert.batch == 16 and sophia.settings()["hessian_sequences"] == 8
+    assert build_method("sophia", "bert", PRESETS["paper"]).settings()["hessian_sequences"] == 768
+    torch.manual_seed(0)
+    model = build_model("bert", cpu, vocab_size=512)
+    layers = cpu.bert.num_layers
+    table = RSTTable(name="by-hand", model="bert", preset="cpu", num_layers=layers,
+                     train=tuple(float(i + 1) for i in range(layers)), forward=tuple(0.1 * (i + 1) for i in range(layers)),
+                     optimizer={"sophia": 0.5})
+    windows = torch.randint(5, 512, (64, 128), generator=torch.Generator().manual_seed(1)).numpy()
+    windows[:, 0], windows[:, -1] = 2, 3
+    stream = BatchStream(torch.arange(64).numpy(), windows, 16, make_collator("bert", cpu, 512, seed=0), seed=0)
+    run = Run(model=model, optimizer=sophia.build_optimizer(model), clock=RSTClock(table, 100.0), batches=stream,
+              preset=cpu, model_name="bert")
+    assert hessian_pass(run, 8, grad_clip=0.0) == 1
+    assert run.clock.breakdown["hessian"] == pytest.approx(0.5 * layers)  # half the full-depth micro-batch
+    assert stream.cursor == 8
+    assert any(float(s["hessian"].abs().sum()) > 0 for s in run.optimizer.state.values())
+    assert hessian_pass(run, 40, grad_clip=0.0) == 3  # 16 + 16 + 8 sequences
+    assert run.clock.breakdown["hessian"] == pytest.approx(0.5 * layers + 2.5 * layers)

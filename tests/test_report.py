@@ -136,8 +136,15 @@ def test_metrics_checks(tmp_path):
     path.write_text("step,rst\n1,2\n")
     with pytest.raises(report.Unreadable, match="header"):
         report.read_metrics_checked(path)
-    path.write_text("".join(lines[:2]) + "3,x,1,1,1,1,1,\n")
+    path.write_text("".join(lines[:2]) + "3,x,1,1,1,1,1,,\n")
     with pytest.raises(report.Unreadable, match="not a number"):
+        report.read_metrics_checked(path)
+    # a record made before the evaluation set had a floor of its own: eight columns, read with val_floor empty
+    path.write_text("step,rst_s,wall_s,tokens,train_loss,lr,active_layers,val_loss\n0,0,0,0,,,,7.5\n1,1,1,8,7.4,0.1,4,\n")
+    legacy = report.read_metrics_checked(path, steps=1)
+    assert list(legacy["val_loss"].dropna()) == [7.5] and legacy["val_floor"].isna().all()
+    path.write_text("step,rst_s,wall_s,tokens,train_loss,lr,active_layers,val_loss\n0,0,0,0,,,,7.5,6.5\n")
+    with pytest.raises(report.Unreadable, match="row 1 has 9 of 8"):
         report.read_metrics_checked(path)
 
 

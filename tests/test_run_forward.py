@@ -61,3 +61,14 @@ def test_the_pass_equals_a_plain_forward():
         expected = run.model(b)["per_example_loss"]
         got = run.forward(b, kind="scoring")["per_example_loss"]
     assert torch.equal(expected, got)
+
+
+def test_a_pass_over_part_of_a_micro_batch_is_charged_its_share():
+    run = make_run()
+    run.forward(batch(), kind="hessian", share=0.5)
+    run.forward(batch(), kind="scoring", share=0.25)
+    assert run.clock.breakdown["hessian"] == 2.0 and run.clock.breakdown["scoring"] == pytest.approx(0.1)
+    assert run.clock.units["hessian"] == 1
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            run.forward(batch(), kind="train", share=bad)

@@ -54,21 +54,24 @@ class Run:
     # what each kind of pass is charged as: a forward+backward micro-batch, or a forward-only one
     PASS_UNITS = {"train": "train", "hessian": "train", "scoring": "forward"}
 
-    def forward(self, batch: dict, kind: str = "train", active_layers=None) -> dict:
+    def forward(self, batch: dict, kind: str = "train", active_layers=None, share: float = 1.0) -> dict:
         """The one way a pass runs: charge the clock for it (before the work, at the depth that runs), move the
         batch to the model's device, run the model under the loop's autocast and return its output dict.
 
         kind "train" and "hessian" (Sophia's estimate) are charged as forward+backward micro-batches and return an
-        output to back-propagate; "scoring" (batch selection) as a forward-only pass, run without gradients. A
-        method that runs the model any other way does unpaid work."""
+        output to back-propagate; "scoring" (batch selection) as a forward-only pass, run without gradients. `share`:
+        the pass's sequences as a fraction of the preset's micro-batch, for a pass over fewer (Sophia's half-batch
+        Hessian estimate where a batch is one micro-batch); it is charged that share of one. A method that runs the model any other way does unpaid work."""
         if kind not in self.PASS_UNITS:
             raise ValueError(f"unknown kind of pass {kind!r} (choose from {', '.join(self.PASS_UNITS)})")
         model = self.model
         depth = model.num_layers if active_layers is None else len(active_layers)
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
         if self.PASS_UNITS[kind] == "train":
-            self.clock.charge_train(depth, kind=kind)
+            self.clock.charge_train(depth, kind=kind, share=share)
         else:
-            self.clock.charge_forward(depth, kind=kind)
+            self.clock.charge_forward(depth, kind=kind, share=share)
         device = next(model.parameters()).device
         moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.set_grad_enabled(kind != "scoring" and torch.is_grad_enabled()), torch.autocast(

@@ -128,7 +128,7 @@ def ensure_il_losses(spec, budget_s: float, seed: int, pretrain, log=print) -> t
             raise RunError(f"the IL model's run in {run_dir} ended {summary['status']}: {summary.get('error', '')}")
 
         device = pick_device()
-        amp_dtype = autocast_dtype(device)
+        amp_dtype = autocast_dtype(device, spec.preset.precision)
         checkpoint = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
         vocab_size = data_mod.load_tokenizer(spec.model, spec.preset.vocab_size, spec.data_dir,
                                              spec.corpus).get_vocab_size()

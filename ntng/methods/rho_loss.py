@@ -5,6 +5,13 @@ examples with the largest reducible loss, current loss - irreducible loss, where
 model of the same architecture trained on a 20% hold-out (`ntng.methods.irreducible`, built once and cached, its cost
 reported apart). The run trains on the other 80% ("rho_main" split, `ntng.splits`); IL losses are looked up by
 stable example id, so they stay aligned whatever the data order.
+
+The two losses are taken under different masks, as in the paper's code (`bert/efficient_training/
+extract_il_losses.py` stores each example's loss from one pass of the IL model over the training loader, whose
+collator masks at random; `pretrain_bert_rho_loss.py` subtracts it from the loss of the example as the training
+loader masked it that step): the IL loss under one fixed masking per window (`IL_MASK_SEED`), the current loss under
+the run's own. Scoring both under one mask would need either a fixed mask per window for training (no dynamic
+masking) or an IL forward pass per scored example (a cost the paper does not pay).
 """
 
 from __future__ import annotations
@@ -47,7 +54,11 @@ class RhoLoss(Method):
         "pass and train on the half with the largest reducible loss (current loss - irreducible loss). The "
         "irreducible-loss model is the baseline of the same architecture trained on a 20% hold-out under its own "
         "budget (the preset's middle one, as the paper's 12 h of 6/12/24 h), built once and cached with its losses keyed by example id; its "
-        "RST is reported apart, as in the paper. The run trains on the other 80% (run the baseline with "
+        "RST is reported apart, as in the paper. Masks, as in the paper's code: an example's irreducible loss is "
+        "taken once, under one fixed masking of its window, and its current loss under the masking the run's "
+        "stream gives it that step, so the two are measured on different masked targets (the paper's code stores "
+        "the IL model's losses from one pass over the training loader and scores each mega-batch as it comes). "
+        "The run trains on the other 80% (run the baseline with "
         "--data-split rho_main for the like-for-like comparison). Scoring at forward-only cost (free with "
         "--free-scoring). Survey category: component *data* x action *select*."
     )

@@ -5,7 +5,9 @@ Gauss-Newton-Bartlett estimate of the diagonal Hessian: it samples labels from t
 prediction positions (BERT: the masked positions; T5: every decoder output), back-propagates the cross-entropy on
 those sampled labels, and folds the squared gradient into the optimizer's estimate (`SophiaG.update_hessian`).
 Each of those passes is charged to the RST clock as a forward+backward micro-batch at full depth, kind "hessian"
-(free with --free-hessian, the paper's ablation), before it runs.
+(free with --free-hessian, the paper's ablation), before it runs; a pass over fewer sequences than a micro-batch
+costs its share, so an estimate costs what the paper's did relative to a step (BERT: half a batch every 10 steps,
+5% of the training passes, also where a batch is a single micro-batch).
 
 When the estimates happen follows the paper's two code bases: its BERT loop estimates before the first update and
 then every k updates (before updates 1, k+1, 2k+1, ...) on 768 of a batch's 1536 sequences; its T5 loop after
@@ -60,18 +62,22 @@ def sampled_label_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat, labels)
 
 
-def hessian_pass(run: Run, micro_batches: int, grad_clip: float) -> None:
-    """One Hessian estimate: `micro_batches` micro-batches from the training stream, each charged (kind
-    'hessian', full depth) before its forward+backward; then the optimizer folds the gradient in and the
-    gradients are zeroed in place."""
+def hessian_pass(run: Run, sequences: int, grad_clip: float) -> int:
+    """One Hessian estimate on `sequences` sequences from the training stream, in micro-batches (the last may be
+    smaller), each charged (kind 'hessian', full depth, its share of a micro-batch) before its forward+backward;
+    then the optimizer folds the gradient (the mean over the sequences) in and the gradients are zeroed in place.
+    Returns the number of passes."""
     model = run.model
-    for _ in range(micro_batches):
-        logits = run.forward(run.batches.next(), kind="hessian")["logits"]
-        (sampled_label_loss(logits) / micro_batches).backward()
+    micro_batch = run.preset.shape(run.model_name).micro_batch
+    sizes = [min(micro_batch, sequences - start) for start in range(0, sequences, micro_batch)]
+    for size in sizes:
+        logits = run.forward(run.batches.next(size), kind="hessian", share=size / micro_batch)["logits"]
+        (sampled_label_loss(logits) * (size / sequences)).backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     run.optimizer.update_hessian()
     run.optimizer.zero_grad(set_to_none=False)
+    return len(sizes)
 
 
 class Sophia(Method):
@@ -90,7 +96,9 @@ class Sophia(Method):
         "Hessian h (Gauss-Newton-Bartlett: backprop cross-entropy on labels sampled from the model's own softmax, "
         "h <- b2 h + (1 - b2) g*g), charged at forward+backward cost (free with --free-hessian). Hyper-parameters "
         "as the paper tuned them (Appendix C.6): BERT lr 4e-4, weight decay 0.015 (none on biases and LayerNorm), "
-        "rho 0.01, bs = tokens per batch, half a batch per estimate; T5 lr 1e-3, rho 0.01, bs 5120 (the T5 code's "
+        "rho 0.01, bs = tokens per batch, half a batch per estimate (a pass smaller than a micro-batch is "
+        "charged its share, so the estimates cost 5% of the training passes as in the paper, also at a batch of "
+        "one micro-batch); T5 lr 1e-3, rho 0.01, bs 5120 (the T5 code's "
         "default), no weight decay, a whole batch per estimate and the step scaled "
         "by max(1e-3, RMS(param)) like AdamWScale. The baseline's schedule, clipping and batch. Survey category: "
         "component *optimization* x action *replace*."
@@ -99,24 +107,26 @@ class Sophia(Method):
     def __init__(self, model: str, preset, **options):
         super().__init__(model, preset)
         r, shape = self.recipe, preset.shape(model)
-        default_micro_batches = max(1, round(r.hessian_batch_fraction * shape.grad_accum))
+        # the paper's share of a batch per estimate, in sequences (BERT 768 of 1536): at a batch of one micro-batch a
+        # whole micro-batch would double the estimate's cost
+        default_sequences = max(1, round(r.hessian_batch_fraction * shape.batch))
         self.options = take_options(self.name, options, {
             "lr": r.sophia_lr, "weight_decay": r.sophia_weight_decay, "rho": r.sophia_rho, "betas": SOPHIA_BETAS,
-            "hessian_interval": r.hessian_interval, "hessian_micro_batches": default_micro_batches,
+            "hessian_interval": r.hessian_interval, "hessian_sequences": default_sequences,
             "rms_scale": r.rms_scale})
         o = self.options
         if not o["lr"] > 0 or not o["weight_decay"] >= 0 or not o["rho"] > 0:
             raise UsageError(f"method sophia: lr and rho must be > 0 and weight_decay >= 0, got lr={o['lr']} "
                              f"rho={o['rho']} weight_decay={o['weight_decay']}")
-        if o["hessian_interval"] < 1 or o["hessian_micro_batches"] < 1:
-            raise UsageError(f"method sophia: hessian_interval and hessian_micro_batches must be >= 1, got "
-                             f"{o['hessian_interval']} and {o['hessian_micro_batches']}")
+        if o["hessian_interval"] < 1 or o["hessian_sequences"] < 1:
+            raise UsageError(f"method sophia: hessian_interval and hessian_sequences must be >= 1, got "
+                             f"{o['hessian_interval']} and {o['hessian_sequences']}")
         check_betas(self.name, o["betas"])
         self.bs = sophia_bs(model, preset)
         self.at_start = HESSIAN_AT_START[model]
         self.hessian_grad_clip = r.grad_clip if CLIP_HESSIAN_GRADIENT[model] else 0.0
-        self.counters = {"hessian_updates": 0, "hessian_micro_batches": 0, "clip_fraction_sum": 0.0,
-                         "clipped_steps": 0}
+        self.counters = {"hessian_updates": 0, "hessian_micro_batches": 0, "hessian_sequences": 0,
+                         "clip_fraction_sum": 0.0, "clipped_steps": 0}
 
     @property
     def rst_optimizer(self) -> str:
@@ -136,10 +146,10 @@ class Sophia(Method):
 
     def begin_step(self, run: Run) -> None:
         if hessian_due(run.step, self.options["hessian_interval"], self.at_start):
-            micro_batches = self.options["hessian_micro_batches"]
-            hessian_pass(run, micro_batches, self.hessian_grad_clip)
+            passes = hessian_pass(run, self.options["hessian_sequences"], self.hessian_grad_clip)
             self.counters["hessian_updates"] += 1
-            self.counters["hessian_micro_batches"] += micro_batches
+            self.counters["hessian_micro_batches"] += passes
+            self.counters["hessian_sequences"] += self.options["hessian_sequences"]
 
     def end_step(self, run: Run) -> None:
         fraction = getattr(run.optimizer, "last_clip_fraction", None)
@@ -150,6 +160,7 @@ class Sophia(Method):
     def stats(self) -> dict:
         c = self.counters
         return {"hessian_updates": c["hessian_updates"], "hessian_micro_batches": c["hessian_micro_batches"],
+                "hessian_sequences": c["hessian_sequences"],
                 "clip_fraction": c["clip_fraction_sum"] / c["clipped_steps"] if c["clipped_steps"] else None}
 
     def state_dict(self) -> dict:
