@@ -32,7 +32,7 @@ from .records import RunDir
 from .rst import RSTClock, RSTTable, load_table, shipped_table, shipped_table_path
 from .schedules import SCHEDULES
 from .splits import DATA_SPLITS, select_split
-from .variants import RECIPE_PREFIX, RUN_FLAGS, parse_variant, variant_name
+from .variants import DATA_SPLIT, RECIPE_PREFIX, RUN_FLAGS, parse_variant, variant_name
 
 # a run's bar counts RST seconds of the budget, not steps (a step's cost varies with the method)
 RST_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} s RST [{elapsed}<{remaining}]"
@@ -123,11 +123,16 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
         if on and RUN_FLAGS[flag] not in method_obj.extra_work:
             raise UsageError(f"{flag}: method {method} does no {RUN_FLAGS[flag]} passes, so there is nothing to "
                              f"make free")
+    named_split = parsed.data_split()
+    if named_split is not None and data_split is not None and named_split != data_split:
+        raise UsageError(f"data split {named_split!r} (in {parsed.name!r}) and {data_split!r} disagree")
+    if data_split is None:
+        data_split = named_split or method_obj.data_split
     variant = variant_name(method, {**method_options, **{k: True for k, on in (
         ("free_scoring", free_scoring), ("free_hessian", free_hessian)) if on},
-        **{f"{RECIPE_PREFIX}{k}": v for k, v in recipe_overrides.items()}})
-    if data_split is None:
-        data_split = method_obj.data_split
+        **{f"{RECIPE_PREFIX}{k}": v for k, v in recipe_overrides.items()},
+        # a run on other windows than its method's own is another run (and directory)
+        **({DATA_SPLIT: data_split} if data_split != method_obj.data_split else {})})
     if data_split not in DATA_SPLITS:
         raise UsageError(f"unknown data split {data_split!r} (choose from {', '.join(DATA_SPLITS)})")
     if method_obj.requires_data_split and data_split != method_obj.data_split:

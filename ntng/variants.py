@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 RUN_FLAGS = {"free_scoring": "scoring", "free_hessian": "hessian"}  # flag -> the kind of extra work made free
+# a run setting naming the training windows (ntng.splits.DATA_SPLITS): `baseline+data_split=rho_main` is the
+# baseline on the 80% RHO-LOSS trains on, its like-for-like control
+DATA_SPLIT = "data_split"
 # the paper's ablations, run by `ntng book` at the preset's middle budget (BERT, where the paper ran them)
 ABLATIONS = ("selective_backprop+free_scoring", "rho_loss+free_scoring", "sophia+free_hessian")
 ABLATION_MODELS = ("bert",)
@@ -45,7 +48,12 @@ class Variant:
         return {k: bool(v) for k, v in self.settings if k in RUN_FLAGS}
 
     def method_options(self) -> dict:
-        return {k: v for k, v in self.settings if k not in RUN_FLAGS and not k.startswith(RECIPE_PREFIX)}
+        return {k: v for k, v in self.settings
+                if k not in RUN_FLAGS and k != DATA_SPLIT and not k.startswith(RECIPE_PREFIX)}
+
+    def data_split(self) -> str | None:
+        """The training windows the variant names (`+data_split=rho_main`), or None: the method's own."""
+        return dict(self.settings).get(DATA_SPLIT)
 
     def recipe_overrides(self) -> dict:
         """`recipe.lr=0.002` -> {"lr": 0.002}: the model's training recipe changed for this run."""
@@ -113,7 +121,14 @@ def parse_variant(text: str) -> Variant:
 
 
 def setting_value(key: str, raw: str, where: str):
-    """The value of one setting: a number, true/false, or a tuple of numbers; a run flag takes true/false only."""
+    """The value of one setting: a number, true/false, or a tuple of numbers; a run flag takes true/false only;
+    data_split the name of a split."""
+    if key == DATA_SPLIT:
+        from .splits import DATA_SPLITS
+
+        if raw.strip() not in DATA_SPLITS:
+            raise UsageError(f"{where}: unknown data split {raw!r} (choose from {', '.join(DATA_SPLITS)})")
+        return raw.strip()
     value = parse_value(raw, where)
     if key in RUN_FLAGS and not isinstance(value, bool):
         raise UsageError(f"{where} must be true or false")

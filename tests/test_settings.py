@@ -105,3 +105,27 @@ def test_the_cli_takes_set_and_refuses_bad_keys_with_one_line(built_fixture, tmp
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "results" / "tiny" / "bert" / "freeze_embeddings+fraction=0.5" / "1s" / "seed0" /
             "summary.json").is_file()
+
+
+def test_a_data_split_setting_runs_the_method_on_other_windows(built_fixture, tmp_path):
+    """`baseline+data_split=rho_main`: the baseline on the 80% RHO-LOSS trains on, its like-for-like control, with a
+    run directory and a row of its own; RHO-LOSS on its own split is no variant."""
+    data_dir, _ = built_fixture
+    assert with_settings("baseline", ["data_split=rho_main"]) == "baseline+data_split=rho_main"
+    assert expand_settings(["baseline"], ["baseline.data_split=full,rho_main"]) == [
+        "baseline+data_split=full", "baseline+data_split=rho_main"]
+    with pytest.raises(UsageError, match="unknown data split"):
+        with_settings("baseline", ["data_split=most"])
+    spec = resolve("bert", "baseline+data_split=rho_main", "2s", "tiny", data_dir=data_dir, out_dir=tmp_path / "a")
+    assert (spec.data_split, spec.variant) == ("rho_main", "baseline+data_split=rho_main")
+    assert resolve("bert", "baseline+data_split=full", "2s", "tiny", data_dir=data_dir,
+                   out_dir=tmp_path / "b").variant == "baseline"
+    # the old flag names the run the same way, so it cannot overwrite the baseline's directory
+    assert resolve("bert", "baseline", "2s", "tiny", data_dir=data_dir, data_split="rho_main",
+                   out_dir=tmp_path / "c").variant == "baseline+data_split=rho_main"
+    assert resolve("bert", "rho_loss", "2s", "tiny", data_dir=data_dir, out_dir=tmp_path / "d").variant == "rho_loss"
+    with pytest.raises(UsageError, match="disagree"):
+        resolve("bert", "baseline+data_split=rho_main", "2s", "tiny", data_dir=data_dir, data_split="full",
+                out_dir=tmp_path / "e")
+    with pytest.raises(UsageError, match="rho_main"):
+        resolve("bert", "rho_loss+data_split=full", "2s", "tiny", data_dir=data_dir, out_dir=tmp_path / "f")
