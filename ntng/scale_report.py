@@ -225,6 +225,9 @@ def tuning_markdown(rows: list[dict]) -> str:
            f"{NOISE_MARGIN_NATS:g} nats or less, which one seed cannot tell from noise. A real-valued hyper-parameter "
            f"chosen at the edge of the values tried was followed one factor further, at most {MAX_EXTENSIONS} "
            f"times (the values after the third).", "",
+           "Every trial's loss was measured on " + "; ".join(sorted({e for r in rows for e in r.get("evaluated_on", [])}))
+           + ". The reference grid's runs are evaluated as config.json's `evaluation` says (the reference preset: "
+           "the whole split), so these losses do not compare with theirs; the tuning only chose the values.", "",
            "| model | method | hyper-parameter | paper | tried (final loss) | chosen |", "|---|---|---|---|---|---|"]
     for r in rows:
         tried = []

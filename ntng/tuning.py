@@ -206,6 +206,22 @@ def _final_loss(run_dir: Path) -> tuple[str, float | None]:
         return "unreadable", None
 
 
+def evaluated_on(run_dir: Path) -> str | None:
+    """In words, the set a run's validation loss was measured on, from its config.json (None if unreadable)."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    precision = config.get("precision", "?")
+    evaluation = config.get("evaluation")
+    if isinstance(evaluation, dict) and "windows" in evaluation:
+        which = ("the whole validation split" if evaluation["windows"] >= evaluation["of_windows"] else
+                 f"{evaluation['windows']:,} windows spread evenly over the validation split")
+        return f"{which} ({evaluation['of_windows']:,} windows), in {precision}"
+    wanted = (config.get("recipe") or {}).get("eval_sequences")
+    return f"the first {wanted} windows of the validation split (a prefix of a split packed source by source), in {precision}"
+
+
 def tuning_rows(results: str | Path, preset: str) -> list[dict]:
     """One row per axis: the values tried, each run's status and final loss, and the chosen value (the lowest
     complete final loss; None until a run of the axis completes)."""
@@ -220,11 +236,12 @@ def rows_for_plan(results: str | Path, plan: dict) -> list[dict]:
     preset = plan["preset"]
     rows = []
     for axis in plan["axes"]:
-        trials = []
+        trials, evaluations = [], set()
         for value, run, name in zip(axis["values"], axis["runs"], axis.get("run_dirs", axis["runs"]), strict=True):
-            status, loss = _final_loss(Path(results) / preset / axis["model"] / name / plan["budget"] /
-                                       f"seed{plan['seed']}")
+            run_dir = Path(results) / preset / axis["model"] / name / plan["budget"] / f"seed{plan['seed']}"
+            status, loss = _final_loss(run_dir)
             trials.append({"value": value, "run": run, "status": status, "final_val_loss": loss})
+            evaluations.add(evaluated_on(run_dir))
         best = choose(trials, axis["centre"], planned=len(axis["values"]) - axis.get("extended", 0))
         settled = all(t["status"] in ("complete", "diverged") for t in trials)  # a diverged run is not re-run
         beyond = next_extension(axis, best["value"]) if best and settled else None
@@ -234,7 +251,8 @@ def rows_for_plan(results: str | Path, plan: dict) -> list[dict]:
                      "chosen_loss": best["final_val_loss"] if best else None,
                      # every run final and no step beyond the edge still due
                      "complete": settled and beyond is None, "settled": settled, "beyond": beyond,
-                     "extended": axis.get("extended", 0)})
+                     "extended": axis.get("extended", 0),
+                     "evaluated_on": sorted(e for e in evaluations if e)})
     return rows
 
 
