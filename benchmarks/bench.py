@@ -288,7 +288,7 @@ def same_machine_kind(table_machine: str, here: dict) -> bool:
 # --- the run -----------------------------------------------------------------------------------------------
 
 SETTINGS = {
-    # full: mini models for throughput (the "mini BERT / mini T5"), the smoke preset for RST fidelity (its
+    # full: mini models for throughput ("mini BERT / mini T5"), the smoke preset for RST fidelity (its
     # short runs are long enough to amortise warm-up, and its tables were measured on the project's 2-core machine)
     "full": {"preset": "mini", "fidelity_preset": "smoke", "fidelity_budget": "10s", "il_budget": None,
              "matmul_n": 2048, "matmul_repeats": 10, "steps": 6, "warmup": 2, "rounds": 2, "compile": True,

@@ -26,7 +26,7 @@ from .presets import MODELS, BertShape, Preset, T5Shape
 from .vocab import BERT_PAD, BERT_SPECIALS, N_SENTINELS, T5_DECODER_START, T5_EOS, T5_PAD, T5_SPECIALS
 
 ATTN_IMPLEMENTATION = "sdpa"
-LM_HEAD_INIT_STD = 1.0  # nanoT5 / HF T5: the untied v1.1 lm_head starts at std 1.0 (REFERENCE.md, the item 2)
+LM_HEAD_INIT_STD = 1.0  # nanoT5 / HF T5: the untied v1.1 lm_head starts at std 1.0 (nanoT5 and Hugging Face T5 v1.1)
 
 
 # -------------------------------------------------------------------------------------------------------------- T5

@@ -53,7 +53,7 @@ class T5Shape:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The baseline's training recipe for one model (REFERENCE.md), scaled where the preset says so."""
+    """The baseline's training recipe for one model (Kaddour et al. 2023 and its code), scaled where the preset says so."""
 
     optimizer: str  # "adamw" (BERT) or "adamw_scale" (T5: Adam step scaled by max(1e-3, RMS(param)))
     lr: float  # peak learning rate; the schedule multiplies it
@@ -67,7 +67,7 @@ class Recipe:
     eval_sequences: int | None
     eval_points: int = 10  # evaluations at k/eval_points of the budget, k = 1..eval_points, plus one at the start
     checkpoint_every: float = 0.1  # budget fraction between checkpoints: a kill loses at most this share
-    # --- the methods' own values (Kaddour et al. 2023, Appendix C; REFERENCE.md). Peaks: the recipe's schedule
+    # --- the methods' own values (Kaddour et al. 2023, Appendix C). Peaks: the recipe's schedule
     # multiplies them as it does `lr`. Defaults are BERT's; the T5 recipe sets its own below.
     lion_lr: float = 7e-4  # C.5, BERT (the official code's default 1e-4 is not what the paper used)
     lion_weight_decay: float = 0.1  # C.5, BERT
@@ -115,7 +115,7 @@ class FinetuneRecipe:
     wall time, reported but never charged to the RST budget, as in the paper."""
 
     lr: float  # BERT's peak learning rate (pooled classification head)
-    t5_lr: float  # T5's peak (text-to-text); REFERENCE.md gives none for T5 on GLUE-style tasks
+    t5_lr: float  # T5's peak (text-to-text); the paper gives none for T5 on GLUE-style tasks
     epochs: int  # the best epoch on dev is kept
     batch_size: int
     warmup_fraction: float = 0.1  # linear warm-up over this share of all steps, then linear decay to 0
@@ -201,7 +201,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
-        vocab_size=8192,  # REFERENCE.md: ~6.3M WordPiece tokens at 8k; small vocab keeps the embedding cheap
+        vocab_size=8192,  # the offline corpus is ~6.2M WordPiece tokens at 8k; small vocab keeps the embedding cheap
         bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
         t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
         # 12 grid cells (7 methods on BERT, 5 on T5) x 21 s of RST, and 3 ablations at 6 s; with ~10 s of start-up per cell (a kernel importing torch and transformers)

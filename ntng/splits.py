@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RHO_HOLDOUT_FRACTION = 0.2  # the IL model's share of the training windows (REFERENCE.md: a 20% hold-out)
+RHO_HOLDOUT_FRACTION = 0.2  # the IL model's share of the training windows (the paper: a 20% hold-out)
 
 DATA_SPLITS = {
     "full": "every training window",

@@ -144,7 +144,7 @@ def test_departures_page_lists_each_departure_with_its_figures_computed():
         assert f"**{item.what}**" in text
     assert "{" not in text  # every quoted figure was filled in
     table = shipped_table("paper", "bert")
-    # the paper's table: forward .09285 s against .2253 s forward+backward at 16 layers (REFERENCE.md)
+    # the paper's table: forward .09285 s against .2253 s forward+backward at 16 layers (its official code)
     assert table.forward_seconds(16) / table.train_seconds(16) == pytest.approx(0.09285 / 0.2253)
     assert f"{0.09285 / 0.2253:.2f}" in text
     for what in ("Sophia", "masking", "T5", "C4"):

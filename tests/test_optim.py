@@ -20,7 +20,7 @@ SMOKE = PRESETS["smoke"]
 
 
 class ReferenceAdamWScale:
-    """The rule as written in REFERENCE.md / nanoT5, one numpy array per parameter, float64 throughout.
+    """The rule as written in the paper / nanoT5, one numpy array per parameter, float64 throughout.
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
     p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * max(floor, RMS(p)) * m / (sqrt(v) + eps)

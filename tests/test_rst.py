@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ntng.errors import UsageError
 from ntng.rst import KINDS, RSTClock, load_table, shipped_table, shipped_table_path, table_from_dict
 
-# The facts, typed in from REFERENCE.md (not read from the package's files).
+# The facts, typed in from the paper and its official code (not read from the package's files).
 PAPER_BERT_TRAIN = (.02521, .03837, .05177, .06508, .07847, .09188, .1052, .1186,
                     .1319, .1454, .1589, .1722, .1857, .1988, .212, .2253)
 PAPER_BERT_FORWARD_FULL = .09285
@@ -501,7 +501,7 @@ def _smoke_values(name):
             units["optimizer"])
 
 
-INDEPENDENT = {  # (preset, model) -> train by layers, forward by layers, optimizer, from REFERENCE.md / raw JSON
+INDEPENDENT = {  # (preset, model) -> train by layers, forward by layers, optimizer, from the paper / raw JSON
     ("paper", "bert"): (PAPER_BERT_TRAIN, [paper_bert_forward(n) for n in range(1, 17)],
                         {"adamw": 0.0, "lion": 0.0, "sophia": 0.0}),
     ("paper", "t5"): (PAPER_T5_TRAIN, [t * PAPER_T5_FORWARD_RATIO for t in PAPER_T5_TRAIN],

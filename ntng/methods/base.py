@@ -1,16 +1,7 @@
 """The hooks through which a method changes training, and the run state they may touch.
 
-The loop, per optimizer step:
-
-    method.begin_step(run)                        # e.g. grow the model (layer stacking)
-    for each micro-batch:
-        batch  = method.next_microbatch(run)      # e.g. score candidates and keep some (batch selection)
-        layers = method.active_layers(run)        # e.g. drop blocks (layer dropping); None = all
-        clock.charge_train(len(layers))           # charged before the work
-        forward, backward
-    clip; method.before_update(run)               # e.g. keep idle blocks out of the update
-    optimizer.step(), clock.charge_optimizer(method.rst_optimizer)
-    method.end_step(run)                          # e.g. extra passes (Sophia's Hessian estimate)
+The order in which the loop calls the hooks is described once, in docs/methods.md ("The hooks"); its code is
+`ntng.train.Trainer.train_step`.
 
 `build_optimizer` chooses the optimizer. A hook that needs an extra pass of the model runs it through
 `run.forward(batch, kind)`, which charges the clock for it (scoring passes at forward cost, Hessian passes at
