@@ -24,12 +24,13 @@ from .baseline import Baseline
 from .layer_dropping import LayerDropping
 from .layer_stacking import LayerStacking
 from .lion import Lion
+from .muon import Muon
 from .rho_loss import RhoLoss
 from .selective_backprop import SelectiveBackprop
 from .sophia import Sophia
 
 BUILTINS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia)}
+    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia, Muon)}
 ENTRY_POINT_GROUP = "ntng.methods"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
