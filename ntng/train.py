@@ -449,7 +449,10 @@ class Trainer:
     def _set_lr(self) -> float:
         """lr = peak x schedule(t/T). A group's peak is its lr when it joined the optimizer (kept in the group,
         so it survives a checkpoint; groups added later, e.g. by stacking, join at their peak)."""
-        multiplier = self.schedule(self.run.clock.budget_fraction)
+        fraction = self.run.clock.budget_fraction
+        multiplier = self.method.lr_multiplier(fraction)
+        if multiplier is None:
+            multiplier = self.schedule(fraction)
         for group in self.run.optimizer.param_groups:
             group.setdefault("peak_lr", group["lr"])
             group["lr"] = group["peak_lr"] * multiplier

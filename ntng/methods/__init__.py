@@ -28,9 +28,10 @@ from .muon import Muon
 from .rho_loss import RhoLoss
 from .selective_backprop import SelectiveBackprop
 from .sophia import Sophia
+from .warmup_stable_decay import WarmupStableDecay
 
 BUILTINS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia, Muon)}
+    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia, Muon, WarmupStableDecay)}
 ENTRY_POINT_GROUP = "ntng.methods"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -59,7 +60,8 @@ def check_method_class(cls, spec: str) -> type[Method]:
     family = getattr(cls, "family", "")
     if not isinstance(family, str) or (family and not _NAME.fullmatch(family)):
         raise UsageError(f"method {spec!r}: family must be a name (lower case, digits, _), got {family!r}")
-    for hook, arguments in (*((h, ("run",)) for h in HOOKS), ("prepare", ("spec", "log", "pretrain="))):
+    for hook, arguments in (*((h, ("run",)) for h in HOOKS), ("prepare", ("spec", "log", "pretrain=")),
+                            ("lr_multiplier", ("budget_fraction",))):
         if not _takes(cls, hook, arguments):
             raise UsageError(f"method {spec!r}: {hook} must be a method taking ({', '.join(arguments)})")
     return cls

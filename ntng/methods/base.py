@@ -140,6 +140,11 @@ class Method:
     def begin_step(self, run: Run) -> None:
         """Before each optimizer step."""
 
+    def lr_multiplier(self, budget_fraction: float) -> float | None:
+        """The peak's multiplier at `budget_fraction` of the budget, or None: the recipe's schedule (the default).
+        A pure function of the fraction, like every schedule (warmup-stable-decay overrides it)."""
+        return None
+
     def next_microbatch(self, run: Run) -> dict:
         return run.batches.next()
 
