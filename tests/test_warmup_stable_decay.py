@@ -41,7 +41,8 @@ def test_the_loop_follows_the_methods_schedule(built_fixture, tmp_path):
                        out_dir=tmp_path / "run", data_dir=data_dir, log=lambda m: None)
     assert summary["status"] == "complete"
     peak = get_preset("tiny").bert_recipe.lr
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[1:]
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))[1:]
     previous = 0.0
     for row in rows:  # each step's lr is set from the RST used before it
         fraction = previous / summary["budget_rst_s"]
