@@ -205,7 +205,7 @@ PRESETS: dict[str, Preset] = {
         bert=BertShape(num_layers=4, hidden=128, heads=2, intermediate=512, micro_batch=16, grad_accum=2),
         t5=T5Shape(num_layers=4, d_model=128, d_kv=32, heads=4, d_ff=256, input_len=128, micro_batch=16),
         # 12 grid cells (7 methods on BERT, 5 on T5) x 21 s of RST, and 3 ablations at 6 s; with ~10 s of start-up per cell (a kernel importing torch and transformers)
-        # and the RHO-LOSS irreducible-loss models, `make book` takes ~15 min on 2 cores (measured: README)
+        # and the RHO-LOSS irreducible-loss models, `make book` takes ~15 min on 2 cores (measured: docs/guide.md)
         budgets=("3s", "6s", "12s"),
         # the paper's recipes; a small batch (32 / 16 sequences) still trains stably at these peaks in seconds;
         # 64 validation windows (8k tokens): every eval point costs wall time in each of the grid's 39 runs

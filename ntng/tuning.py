@@ -31,7 +31,7 @@ from .variants import canonical_method, run_name, variant_name
 
 PLAN_NAME = "tuning.json"
 # a value replaces the centre only when it lowers the final loss by more than this: the mini BERT baseline's final
-# losses over seeds 0-2 spread 0.008 nats (README "Models"), so a smaller gain on one seed is not evidence
+# losses over seeds 0-2 spread 0.008 nats (docs/models.md), so a smaller gain on one seed is not evidence
 NOISE_MARGIN_NATS = 0.01
 # a value chosen at the edge of its axis is followed outward by one more factor this many times at most: two more
 # doublings (or halvings) cover a current value a factor of 8 from the optimum, and each costs one run
