@@ -323,7 +323,11 @@ class SophiaG(torch.optim.Optimizer):
 
 def build_optimizer(name: str, model: nn.Module, lr: float, betas, eps: float, weight_decay: float):
     """The baselines' optimizers by name ('adamw' for BERT, 'adamw_scale' for T5)."""
-    groups = decay_groups(model, weight_decay)
+    return optimizer_for_groups(name, decay_groups(model, weight_decay), lr, betas, eps)
+
+
+def optimizer_for_groups(name: str, groups: list[dict], lr: float, betas, eps: float):
+    """A baseline optimizer by name over parameter groups that carry their own weight decay (`decay_groups`)."""
     if name == "adamw":
         # fused: one kernel over every tensor (CPU and CUDA); torch's CPU default loops per tensor, 2.7x slower here
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)

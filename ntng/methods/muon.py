@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..optim import AdamWScale, decay_groups
+from ..optim import decay_groups, optimizer_for_groups
 from .base import Method, around, take_options
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic coefficients, torch.optim.Muon's defaults
@@ -124,9 +124,5 @@ class Muon(Method):
                                 adjust_lr_fn="match_rms_adamw")
         groups = [{**g, "params": [p for p in g["params"] if id(p) not in chosen]}
                   for g in decay_groups(model, r.weight_decay)]
-        groups = [g for g in groups if g["params"]]
-        if r.optimizer == "adamw_scale":
-            rest = AdamWScale(groups, lr=r.lr, betas=tuple(r.betas), eps=r.eps)
-        else:
-            rest = torch.optim.AdamW(groups, lr=r.lr, betas=tuple(r.betas), eps=r.eps, fused=True)
+        rest = optimizer_for_groups(r.optimizer, [g for g in groups if g["params"]], r.lr, r.betas, r.eps)
         return MuonWithAdamW(muon, rest)
