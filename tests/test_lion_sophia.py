@@ -224,9 +224,10 @@ def test_calibration_prices_every_optimizer_step_and_the_loop_accepts_it(built_f
 
     out = tmp_path / "table.json"
     raw = calibrate("tiny", model, out=out, repeats=1, warmup=1, log=lambda m: None)
-    assert set(raw["units"]["optimizer"]) == {"adamw", "lion", "sophia"}
+    # every optimizer a built-in method steps with is measured: AdamW, Lion, Sophia and Muon's Newton-Schulz step
+    assert set(raw["units"]["optimizer"]) == {"adamw", "lion", "sophia", "muon"}
     assert all(v > 0 for v in raw["units"]["optimizer"].values())
-    assert set(raw["measured"]["optimizer"]) == {"adamw", "lion", "sophia"}
+    assert set(raw["measured"]["optimizer"]) == {"adamw", "lion", "sophia", "muon"}
     summary = run(built_fixture, tmp_path, model=model, method="lion", budget="0.5s", rst_table=out)
     assert summary["status"] == "complete"
     assert summary["rst_breakdown"]["optimizer"] == pytest.approx(
