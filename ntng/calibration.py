@@ -2,8 +2,9 @@
 
 For every active-layer count 1..L it times a forward+backward micro-batch and a forward-only micro-batch of the
 preset's model (the same code, precision and batch shape the training loop uses), and it times one optimizer step
-per optimizer: the baseline's and that of every registered method bringing its own (Lion, Sophia-G, Muon: the step
-only; Sophia's Hessian passes are charged as forward+backward micro-batches). Each figure is the median of `repeats` timed runs after `warmup` untimed ones;
+per optimizer: the baseline's and that of every registered method bringing its own (Lion, Sophia-G, Muon,
+Schedule-Free AdamW: the step only; Sophia's Hessian passes are charged as forward+backward micro-batches). Each
+figure is the median of `repeats` timed runs after `warmup` untimed ones;
 the device is synchronised before the clock is read. The per-layer medians are then fitted with a + b x layers
 (Theil-Sen) (the paper's tables are linear in the layer count to within 1%): the fit is what the table charges,
 which keeps it monotone and irons out timer noise (a Theil-Sen fit, which a few spoiled timings cannot drag); the
@@ -189,7 +190,8 @@ def calibrate(preset: str, model: str, out: str | Path | None = None, repeats: i
         "notes": ["units.train/forward are the fit in 'fit' of the medians in 'measured'; units.optimizer is the "
                   "median step time (gradient clipping + step), charged once per optimizer step",
                   "the AdamW key covers T5's AdamWScale, as in the paper's table",
-                  "the other keys are the step times of the optimizers the methods bring (lion, sophia, muon); Sophia's Hessian "
+                  "the other keys are the step times of the optimizers the methods bring (lion, sophia, muon, "
+                  "schedule_free); Sophia's Hessian "
                   "passes are charged as units.train micro-batches, not in its step time"],
     }
     table_from_dict(table, "calibration")  # the table we write must pass the same validation as any other

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import NtngError, UsageError
-from .presets import DEFAULT_PRESET, METHODS, MODELS, all_presets, parse_budget
+from .presets import DEFAULT_PRESET, METHODS, MODELS, REFERENCE_PRESET, all_presets, parse_budget
 from .variants import ABLATIONS
 
 PROG = "ntng"
@@ -173,7 +173,9 @@ def build_parser() -> OneLineParser:
 
     p = sub.add_parser("book", help="build the Jupyter Book from the run records",
                        description="Run the preset's grid if missing, then build the HTML book.")
-    p.add_argument("--preset", choices=presets, default=DEFAULT_PRESET)
+    # the book's default is the reference preset: its records are committed, so it builds from them (smoke is the
+    # quick pipeline check)
+    p.add_argument("--preset", choices=presets, default=REFERENCE_PRESET)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--out", type=Path, default=None, help="where _build/ goes (default: the current directory)")
     p.add_argument("--records-only", action="store_true",
@@ -209,6 +211,8 @@ def build_parser() -> OneLineParser:
     _grid_arguments(p, presets, "default: every method on the models the paper ran it on")
     p.add_argument("--budget", type=_budget, default=None, help="default: the preset's smallest")
     p.add_argument("--seed", type=_seed, default=None, help="default: 0")
+    p.add_argument("--keys", nargs="+", metavar="KEY", default=None,
+                   help="tune only these hyper-parameters (e.g. lr recipe.lr: the peaks only); default: all")
     p.add_argument("--jobs", type=_positive_int, default=1, help="runs at once")
     p.add_argument("--results", type=Path, default=Path("results/tuning"))
 
@@ -333,7 +337,7 @@ def cmd_tune(args) -> int:
     from .tuning import format_tuning, tune
 
     rows = tune(preset=args.preset, models=args.models, methods=args.methods, budget=args.budget, seed=args.seed,
-                results=args.results, jobs=args.jobs, log=lambda m: print(f"ntng tune: {m}", flush=True))
+                results=args.results, jobs=args.jobs, keys=args.keys, log=lambda m: print(f"ntng tune: {m}", flush=True))
     print(format_tuning(rows), flush=True)
     # a diverged trial is a result (too large a value); a failed one is not
     return 1 if any(t["status"] in ("failed", "missing") for r in rows for t in r["trials"]) else 0

@@ -425,7 +425,8 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
-        self.run_dir.save_checkpoint(self._state())
+        with self.method.evaluation_weights(self.run):  # the checkpoint holds the weights the run is evaluated at
+            self.run_dir.save_checkpoint(self._state())
         self.run_dir.write_summary(self.summary("running"))
 
     def restore(self) -> None:
@@ -442,6 +443,10 @@ class Trainer:
         self.tokens, self.wall_s, self.evals = state["tokens"], state["wall_s"], state["evals"]
         self.next_eval, self.next_checkpoint = state["next_eval"], state["next_checkpoint"]
         self.layer_sum = state["layer_sum"]
+        # the checkpoint was saved at the method's evaluation weights: leave them, as the uninterrupted run did after
+        # its save (entering changes nothing: the model already holds them)
+        with self.method.evaluation_weights(self.run):
+            pass
         self.run_dir.truncate_metrics(self.run.step)
         self.log(f"resumed at step {self.run.step}, {self.run.clock.rst_seconds:.1f}/{self.spec.budget_rst_s:g} s RST")
 
@@ -492,7 +497,8 @@ class Trainer:
             self.run.clock.budget_fraction >= self.eval_fractions[self.next_eval] or self.run.clock.exhausted)
 
     def _record_eval(self, row: dict) -> None:
-        val = self.evaluate()
+        with self.method.evaluation_weights(self.run):
+            val = self.evaluate()
         self.evals.append({"step": self.run.step, "rst_s": self.run.clock.rst_seconds, "val_loss": val})
         row["val_loss"], row["val_floor"] = val, self.eval_set.floor
         # one eval covers every fraction it has passed (a step may cross two points of a tiny budget)
@@ -555,7 +561,8 @@ class Trainer:
                 self.checkpoint()
         if self._eval_due():  # the end of the budget is always evaluated
             self._record_eval({})
-        self.run_dir.save_checkpoint(self._state())
+        with self.method.evaluation_weights(self.run):  # the final checkpoint, which fine-tuning reads the model from
+            self.run_dir.save_checkpoint(self._state())
         summary = self.summary("complete")
         self.run_dir.write_summary(summary)
         return summary

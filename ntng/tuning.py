@@ -38,8 +38,10 @@ NOISE_MARGIN_NATS = 0.01
 MAX_EXTENSIONS = 2
 
 
-def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0) -> dict:
-    """Every axis of every method that runs on each model (by default the methods the paper studied on it)."""
+def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = None, seed: int = 0,
+                keys=None) -> dict:
+    """Every axis of every method that runs on each model (by default the methods the paper studied on it); with
+    `keys`, only the axes of those hyper-parameters (`lr`, `recipe.lr`: a control that re-tunes the peak only)."""
     preset_obj = get_preset(preset)
     budget = format_budget(parse_budget(budget or min(preset_obj.budgets, key=parse_budget)))
     axes, cells = [], {}
@@ -51,7 +53,7 @@ def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = N
             hooks = build_method(method, model, preset_obj)
             if methods is None and model not in hooks.studied_on:
                 continue
-            grid = hooks.tuning()
+            grid = {k: v for k, v in hooks.tuning().items() if keys is None or k in keys}
             if not grid:
                 continue
             paper = build_method(method, model, PRESETS["paper"]).tuning()
@@ -63,8 +65,10 @@ def plan_tuning(preset: str, models=MODELS, methods=None, budget: str | None = N
                              "run_dirs": dirs,
                              "centre": values[0], "paper": paper[key][0] if key in paper else None})
                 cells[model] += [run for run in runs if run not in cells[model]]
+    if keys is not None and not axes:
+        raise UsageError(f"no method to tune has a hyper-parameter named {', '.join(keys)}")
     return {"preset": preset, "budget": budget, "seed": seed, "planned_on": time.strftime("%Y-%m-%d"),
-            "axes": axes, "runs": cells}
+            "axes": axes, "runs": cells, **({"keys": sorted(keys)} if keys is not None else {})}
 
 
 def plan_path(results: str | Path, preset: str) -> Path:
@@ -76,13 +80,14 @@ def tuned_presets(results: str | Path) -> list[str]:
     return sorted(path.parent.name for path in Path(results).glob(f"*/{PLAN_NAME}"))
 
 
-def check_same_plan(plan: dict, path: Path, models, methods, budget, seed) -> None:
+def check_same_plan(plan: dict, path: Path, models, methods, budget, seed, keys=None) -> None:
     """An interrupted tuning continues its own plan; asking for another one is refused, not silently ignored."""
     asked = {"models": None if models is None else sorted(models),
              "methods": None if methods is None else sorted(canonical_method(m) for m in methods),
-             "budget": None if budget is None else format_budget(parse_budget(budget)), "seed": seed}
+             "budget": None if budget is None else format_budget(parse_budget(budget)), "seed": seed,
+             "keys": None if keys is None else sorted(keys)}
     planned = {"models": sorted(plan["runs"]), "methods": sorted({a["method"] for a in plan["axes"]}),
-               "budget": plan["budget"], "seed": plan["seed"]}
+               "budget": plan["budget"], "seed": plan["seed"], "keys": plan.get("keys")}
     differ = [key for key, value in asked.items() if value is not None and value != planned[key]]
     if differ:
         raise UsageError(f"{path} plans another tuning ({', '.join(differ)} differ); delete it to plan afresh, or "
@@ -90,7 +95,7 @@ def check_same_plan(plan: dict, path: Path, models, methods, budget, seed) -> No
 
 
 def tune(preset: str, models=None, methods=None, budget: str | None = None, seed: int | None = None,
-         results: str | Path = "results/tuning", jobs: int = 1, log=print) -> list[dict]:
+         results: str | Path = "results/tuning", jobs: int = 1, log=print, keys=None) -> list[dict]:
     """Plan (or continue the plan of an interrupted tuning), run every planned run through the sweep (complete
     runs are skipped), and return `tuning_rows`. Defaults: both models, every method the paper ran on each, the
     preset's smallest budget, seed 0."""
@@ -99,12 +104,12 @@ def tune(preset: str, models=None, methods=None, budget: str | None = None, seed
     path = plan_path(results, preset)
     fresh = not path.exists()
     if fresh:
-        plan = plan_tuning(preset, models or MODELS, methods, budget, 0 if seed is None else seed)
+        plan = plan_tuning(preset, models or MODELS, methods, budget, 0 if seed is None else seed, keys)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, plan)
     else:
         plan = json.loads(path.read_text())
-        check_same_plan(plan, path, models, methods, budget, seed)
+        check_same_plan(plan, path, models, methods, budget, seed, keys)
         log(f"continuing the plan of {plan['planned_on']} in {path}")
     try:
         todo = {model: list(runs) for model, runs in plan["runs"].items()}
@@ -174,6 +179,16 @@ def value_beyond(tried: list, chosen) -> float | None:
     return float(f"{chosen * chosen / neighbour:.12g}")  # no binary noise in run names
 
 
+def within_range(preset: str, model: str, method: str, settings: dict) -> bool:
+    """Whether the method accepts these options (its own range checks); recipe.FIELD settings are not its own."""
+    options = {k: v for k, v in settings.items() if not k.startswith("recipe.")}
+    try:
+        build_method(method, model, get_preset(preset), **options)
+    except UsageError:
+        return False
+    return True
+
+
 def extend_plan(plan: dict, rows: list[dict]) -> list[tuple[str, str]]:
     """Add one run beyond the edge to every complete axis whose chosen value is at its edge (`value_beyond`), at
     most `MAX_EXTENSIONS` times per axis; returns the (model, run) pairs added. `plan` is changed in place."""
@@ -183,6 +198,8 @@ def extend_plan(plan: dict, rows: list[dict]) -> list[tuple[str, str]]:
         if value is None:
             continue
         centre = {r["key"]: r["centre"] for r in rows if r["model"] == axis["model"] and r["method"] == axis["method"]}
+        if not within_range(plan["preset"], axis["model"], axis["method"], {**centre, axis["key"]: value}):
+            continue  # one factor further leaves the method's valid range (a momentum past 1): the axis ends here
         run = canonical_method(variant_name(axis["method"], {**centre, axis["key"]: value}))
         axis["values"].append(value)
         axis["runs"].append(run)

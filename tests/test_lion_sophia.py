@@ -224,10 +224,11 @@ def test_calibration_prices_every_optimizer_step_and_the_loop_accepts_it(built_f
 
     out = tmp_path / "table.json"
     raw = calibrate("tiny", model, out=out, repeats=1, warmup=1, log=lambda m: None)
-    # every optimizer a built-in method steps with is measured: AdamW, Lion, Sophia and Muon's Newton-Schulz step
-    assert set(raw["units"]["optimizer"]) == {"adamw", "lion", "sophia", "muon"}
+    # every optimizer a built-in method steps with is measured: AdamW, Lion, Sophia, Muon's Newton-Schulz step and
+    # Schedule-Free AdamW's
+    assert set(raw["units"]["optimizer"]) == {"adamw", "lion", "sophia", "muon", "schedule_free"}
     assert all(v > 0 for v in raw["units"]["optimizer"].values())
-    assert set(raw["measured"]["optimizer"]) == {"adamw", "lion", "sophia", "muon"}
+    assert set(raw["measured"]["optimizer"]) == {"adamw", "lion", "sophia", "muon", "schedule_free"}
     summary = run(built_fixture, tmp_path, model=model, method="lion", budget="0.5s", rst_table=out)
     assert summary["status"] == "complete"
     assert summary["rst_breakdown"]["optimizer"] == pytest.approx(

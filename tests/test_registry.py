@@ -22,7 +22,7 @@ def test_builtins_and_module_class_are_found():
     import plugin_methods
 
     assert list(BUILTINS) == ["baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss",
-                              "lion", "sophia", "muon", "warmup_stable_decay"]
+                              "lion", "sophia", "muon", "warmup_stable_decay", "schedule_free"]
     assert find_method("lion") is BUILTINS["lion"]
     assert find_method("plugin_methods:FreezeEmbeddings") is plugin_methods.FreezeEmbeddings
 

@@ -321,3 +321,21 @@ def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them
     assert "preset_method_options" not in own.identity()  # the run's own setting is what ran
     plain = resolve("bert", "layer_dropping", "3s", "tiny", out_dir=tmp_path / "c", data_dir=data)
     assert "preset_method_options" not in plain.identity()  # identities of earlier runs are unchanged
+
+
+def test_the_edge_is_not_followed_out_of_the_methods_range(tmp_path):
+    """Muon's momentum chosen at 0.98 of (0.95, 0.9, 0.98): one factor further, 0.98 x 0.98 / 0.95 = 1.011, is not a
+    momentum (Muon refuses it), so the axis ends at its edge; the plan may also be restricted to some keys."""
+    plan = tuning.plan_tuning("smoke", models=["bert"], methods=["muon"], keys=["momentum"])
+    assert [a["key"] for a in plan["axes"]] == ["momentum"] and plan["keys"] == ["momentum"]
+    axis = plan["axes"][0]
+    assert axis["values"] == [0.95, 0.9, 0.98]
+    for run, loss in zip(axis["run_dirs"], (6.1, 6.2, 5.9), strict=True):
+        run_dir = tmp_path / "smoke" / "bert" / run / plan["budget"] / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "complete", "final_val_loss": loss}))
+    rows = tuning.rows_for_plan(tmp_path, plan)
+    assert rows[0]["chosen"] == 0.98 and rows[0]["beyond"] == pytest.approx(0.98 * 0.98 / 0.95)
+    assert tuning.extend_plan(plan, rows) == []
+    with pytest.raises(UsageError, match="no method to tune has a hyper-parameter named nothing"):
+        tuning.plan_tuning("smoke", models=["bert"], methods=["muon"], keys=["nothing"])

@@ -19,24 +19,26 @@ import re
 from importlib import metadata
 
 from ..errors import UsageError
-from .base import Method, Run
+from .base import Claim, Method, Run
 from .baseline import Baseline
 from .layer_dropping import LayerDropping
 from .layer_stacking import LayerStacking
 from .lion import Lion
 from .muon import Muon
 from .rho_loss import RhoLoss
+from .schedule_free import ScheduleFreeAdamW
 from .selective_backprop import SelectiveBackprop
 from .sophia import Sophia
 from .warmup_stable_decay import WarmupStableDecay
 
 BUILTINS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia, Muon, WarmupStableDecay)}
+    Baseline, LayerStacking, LayerDropping, SelectiveBackprop, RhoLoss, Lion, Sophia, Muon, WarmupStableDecay,
+    ScheduleFreeAdamW)}
 ENTRY_POINT_GROUP = "ntng.methods"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 # the hooks a method may override, each called with (self, run) by the loop
-HOOKS = ("bind", "begin_step", "next_microbatch", "active_layers", "before_update", "end_step")
+HOOKS = ("bind", "begin_step", "next_microbatch", "active_layers", "before_update", "end_step", "evaluation_weights")
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
@@ -128,4 +130,4 @@ def studied_methods(model: str) -> list[str]:
     return [name for name, cls in BUILTINS.items() if model in cls.studied_on]
 
 
-__all__ = ["Method", "Run", "build_method", "find_method", "method_names", "studied_methods", "BUILTINS", "HOOKS"]
+__all__ = ["Claim", "Method", "Run", "build_method", "find_method", "method_names", "studied_methods", "BUILTINS", "HOOKS"]

@@ -15,6 +15,7 @@ whole step (layer dropping) and must not be touched by the optimizer sets their 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,22 @@ import torch
 from ..errors import UsageError
 from ..optim import build_optimizer
 from ..presets import Preset
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A speed-up claim made about a method, to be held against the records (`ntng.verdicts`). A method lists the
+    claims its sources make (`Method.claims`); the book states each one's verdict with its evidence."""
+
+    text: str  # the claim in words, as its source makes it
+    source: str  # where it is made: authors, year, section or figure
+    # the rule it is held to (ntng.verdicts.RULES): "not_better" (no gain), "worse", "better", "gap_closes" (ahead at
+    # the smallest budget, level at the largest)
+    expects: str
+    settings: str = ""  # the variant's settings it is about ("free_hessian"); "" = the method as it is
+    against: str = "baseline"  # the runs it is paired with, by model, budget and seed (a variant name)
+    models: tuple[str, ...] = ()  # the models it is about; () = every model the method ran on
+    number: str = ""  # the claim's own figure, where its source gives one ("1.35x fewer tokens")
 
 
 @dataclass
@@ -93,6 +110,7 @@ class Method:
     # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.variants).
     extra_work: tuple[str, ...] = ()
     studied_on: tuple[str, ...] = ("bert", "t5")  # the models the paper ran it on (tuning covers these by default)
+    claims: tuple[Claim, ...] = ()  # what its sources claim for it, held against the records by the book
 
     def __init__(self, model: str, preset: Preset, **options):
         if options:
@@ -156,6 +174,14 @@ class Method:
 
     def end_step(self, run: Run) -> None:
         """After each optimizer step."""
+
+    def evaluation_weights(self, run: Run) -> contextlib.AbstractContextManager:
+        """The weights the model is evaluated and saved at: a context manager the loop enters around every
+        evaluation and every checkpoint save (the final one too, which fine-tuning reads), so the checkpoint holds the
+        model as it is inside it. A resumed run enters and leaves it once after loading the checkpoint, to stand where
+        the uninterrupted run stood after its save: entering it when the model already holds its evaluation weights
+        must change nothing. Default: the training weights as they are (Schedule-Free: its averaged weights)."""
+        return contextlib.nullcontext()
 
     def stats(self) -> dict:
         """method_stats for summary.json."""

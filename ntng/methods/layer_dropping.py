@@ -24,7 +24,7 @@ import torch
 from ..errors import UsageError
 from ..optim import build_optimizer
 from ..presets import Preset
-from .base import Method, Run, around
+from .base import Claim, Method, Run, around
 
 THETA_BAR = 0.5
 GAMMA_FACTOR = {"bert": 100.0, "t5": 20.0}
@@ -63,6 +63,11 @@ class LayerDropping(Method):
     component = "model"
     action = "remove"
     summary = "skip blocks at random, deeper ones more often"
+    claims = (
+        Claim("Layer dropping is worse than the baseline throughout training",
+              "Kaddour et al. 2023, Section 4.3, Figure 1",
+              "worse"),
+    )
     card = __doc__.split("Method card\n-----------\n", 1)[1]
 
     def __init__(self, model: str, preset: Preset, theta_bar: float = THETA_BAR, gamma_factor: float | None = None,

@@ -11,7 +11,7 @@ import torch
 from ..errors import UsageError
 from ..optim import Lion as LionOptimizer
 from ..optim import decay_groups
-from .base import Method, around, take_options
+from .base import Claim, Method, around, take_options
 
 LION_BETAS = (0.9, 0.99)
 
@@ -28,6 +28,11 @@ class Lion(Method):
     component = "optimization"
     action = "replace"
     summary = "sign-of-momentum update"
+    claims = (
+        Claim("Lion underperforms AdamW in validation loss in nearly all budgets",
+              "Kaddour et al. 2023, Section 6.1, Figure 4",
+              "worse"),
+    )
     card = (
         "**Lion** (Chen et al. 2023, *Symbolic Discovery of Optimization Algorithms*). Replaces AdamW with a "
         "sign-of-momentum update: p <- p (1 - lr wd); p <- p - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g, "

@@ -21,7 +21,7 @@ import torch
 from ..batches import concat_batches, take_rows
 from ..errors import RunError, UsageError
 from ..presets import middle_budget, parse_budget
-from .base import Method, Run, take_options
+from .base import Claim, Method, Run, take_options
 from .irreducible import ensure_il_losses, lookup_il_losses
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
@@ -47,6 +47,19 @@ class RhoLoss(Method):
     component = "data"
     action = "restrict"
     summary = "train on examples with high reducible loss"
+    claims = (
+        Claim("RHO-LOSS does not improve the validation loss over the baseline",
+              "Kaddour et al. 2023, Section 5.3, Figure 3",
+              "not_better"),
+        Claim("RHO-LOSS does not improve the validation loss over the baseline trained on the same 80% of the data",
+              "Kaddour et al. 2023, Section 5.3 (control added here: the baseline on its split)",
+              "not_better",
+              against="baseline+data_split=rho_main"),
+        Claim("With its scoring passes free, RHO-LOSS reaches a slightly better validation loss",
+              "Kaddour et al. 2023, Section 5.4, Table 4",
+              "better",
+              settings="free_scoring"),
+    )
     data_split = "rho_main"
     requires_data_split = True
     card = (

@@ -13,7 +13,7 @@ import torch
 
 from ..batches import take_rows
 from ..errors import UsageError
-from .base import Method, Run, around, take_options
+from .base import Claim, Method, Run, around, take_options
 from .selection import ExampleQueue, SelectionCounters, score_examples
 
 PAPER_HISTORY, PAPER_MICRO_BATCH = 5000, 128
@@ -55,6 +55,15 @@ class SelectiveBackprop(Method):
     component = "data"
     action = "restrict"
     summary = "back-propagate only high-loss examples"
+    claims = (
+        Claim("Selective backprop does not improve the validation loss over the baseline",
+              "Kaddour et al. 2023, Section 5.3, Figure 3",
+              "not_better"),
+        Claim("With its scoring passes free, selective backprop still does not improve",
+              "Kaddour et al. 2023, Section 5.4, Table 4",
+              "not_better",
+              settings="free_scoring"),
+    )
     card = (
         "Selective backprop (Jiang et al. 2019): score each candidate micro-batch with a no-grad forward pass, keep "
         "an example with probability percentile(loss)^scale within the recent loss history (5000 losses at the "

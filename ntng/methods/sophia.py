@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..optim import SophiaG, decay_groups
-from .base import Method, Run, around, take_options
+from .base import Claim, Method, Run, around, take_options
 from .lion import check_betas
 
 SOPHIA_BETAS = (0.965, 0.99)
@@ -88,6 +88,15 @@ class Sophia(Method):
     component = "optimization"
     action = "replace"
     summary = "clipped diagonal second-order update"
+    claims = (
+        Claim("Sophia underperforms AdamW in validation loss in nearly all budgets",
+              "Kaddour et al. 2023, Section 6.1, Figure 4",
+              "worse"),
+        Claim("With its Hessian estimates free, Sophia still shows no speed-up",
+              "Kaddour et al. 2023, Section 6.1",
+              "not_better",
+              settings="free_hessian"),
+    )
     card = (
         "**Sophia-G** (Liu et al. 2023, *Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
         "Pre-training*). Replaces AdamW with a clipped, diagonally pre-conditioned sign-momentum step: "
