@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+TEST_WORKERS ?= 2
 
 # No model or dataset hub here: libraries must never wait on one.
 export HF_HUB_OFFLINE := 1
@@ -23,8 +24,10 @@ test: $(STAMP)
 	@# the book test drives headless Chromium (Debian's package); it fails, not skips, without it
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true
 	$(BIN)/ruff check ntng tests tools benchmarks
+	@# two workers of one torch thread each (tests/conftest.py): the tiny models gain little from a second thread,
+	@# the kernel and CLI start-ups gain all of it. A file stays on one worker: its module fixtures are built once.
 	@# pytest's exit code 5 (no test collected) is a broken suite, not a pass
-	$(BIN)/python -m pytest; rc=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test: the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
 

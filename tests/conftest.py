@@ -21,6 +21,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("NTNG_PRECISION", "fp32")  # exact, machine-independent numbers in tests
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # `make test` runs two workers on two cores: one thread each (and in the kernels and CLIs they start), so that
+    # they share the cores instead of fighting over them. Set before any test module imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_VOCAB = 400
 # `tiny`: the smoke preset at a vocabulary the fixture corpus can fill, declared the way a user would declare a
