@@ -13,10 +13,20 @@ A rule turns the intervals into one of three verdicts, `held`, `not held` or `in
   it lies wholly below 0 at some budget; otherwise inconclusive.
 - `better`: *held* where the interval lies wholly below 0 at every budget; *not held* where it lies wholly above 0 at
   some budget; otherwise inconclusive.
+- `not_worse` (matches or beats): *not held* where the interval lies wholly above 0 at some budget (a reliable
+  loss); *held* where at every budget it rules out a loss of GAIN_MARGIN_NATS or more; otherwise inconclusive.
 - `gap_closes` (ahead early, level late): *held* where the interval lies wholly below 0 at the smallest budget and
   rules out a gain of GAIN_MARGIN_NATS at the largest; *not held* where the method is not ahead at the smallest
   budget (interval wholly above 0) or keeps a gain of more than GAIN_MARGIN_NATS at the largest; otherwise
   inconclusive.
+- `speedup` (a k-fold speed-up): the evidence is the method at budget B minus what it is held against at k B,
+  read per seed off that seed's runs, linearly in log budget between the two budgets either side of k B (a budget
+  whose k B lies outside them has no evidence). *Not held* where the interval lies wholly above 0 at some budget
+  (behind runs given k times its budget: less than k-fold); *held* where it lies wholly below or at 0 at every
+  budget (at least k-fold); otherwise inconclusive.
+
+A claim to need no stopping time (`Claim.at_fraction` f < 1) is evidenced by the method's evaluation at f of its
+budget B held against complete runs of budget f B.
 
 Each verdict comes with the sentence of the rule that decided it and what would change it.
 """
@@ -24,6 +34,7 @@ Each verdict comes with the sentence of the rule that decided it and what would 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +48,10 @@ from .report import label, mean_ci
 # 0.05-0.07 nats: a gain below this is less than a 2x speed-up and within what three seeds can tell apart.
 GAIN_MARGIN_NATS = 0.05
 MIN_SEEDS = 2  # a cell with fewer paired seeds has no interval and does not count
-RULES = ("not_better", "worse", "better", "gap_closes")
+RULES = ("not_better", "worse", "better", "not_worse", "gap_closes", "speedup")
+# an evaluation counts as the one at fraction f of a budget B when it lies within this share of B of f B (evaluations
+# fall at the first step past each of the recipe's eval points)
+AT_FRACTION_TOLERANCE = 0.05
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 
 
@@ -50,15 +64,17 @@ class Cell:
     low: float
     high: float
     seeds: int
+    note: str = ""  # what was compared where it is not the final losses at this budget ("against 4m")
 
     @property
     def budget(self) -> str:
         return format_budget(self.budget_rst_s)
 
     def text(self) -> str:
+        where = f"{self.budget} ({self.note})" if self.note else self.budget
         if self.seeds < MIN_SEEDS:
-            return f"{self.budget}: {self.mean:+.3f} (one seed)"
-        return f"{self.budget}: {self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+            return f"{where}: {self.mean:+.3f} (one seed)"
+        return f"{where}: {self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
 def tuning_seeds(results: str | Path, preset: str) -> set[int]:
@@ -71,20 +87,77 @@ def tuning_seeds(results: str | Path, preset: str) -> set[int]:
         return set()
 
 
-def paired_cells(runs: pd.DataFrame, model: str, method: str, against: str, exclude_seeds=()) -> list[Cell]:
+def paired_cells(runs: pd.DataFrame, model: str, method: str, against: str, exclude_seeds=(), factor: float = 1.0,
+                 at_fraction: float = 1.0, evals: pd.DataFrame | None = None) -> list[Cell]:
     """Per budget, `method` minus `against` (final validation loss of complete runs), paired by seed, leaving out
-    `exclude_seeds`; budgets in increasing order, only those where both ran."""
+    `exclude_seeds`; budgets in increasing order, only those where both ran.
+
+    `factor` k != 1: `against` is read at k times the method's budget, per seed, linearly in log budget between its
+    runs either side (`loss_at_budget`). `at_fraction` f < 1: the method's loss is its evaluation at f of its budget
+    B (`evals`: ntng.report's evaluation rows), against complete runs of budget f B; the cell's budget is f B."""
     if runs.empty:
         return []
     done = runs[(runs["status"] == "complete") & (runs["model"] == model) & ~runs["seed"].isin(list(exclude_seeds))]
-    ours = done[done["method"] == method].set_index(["budget_rst_s", "seed"])["final_val_loss"]
     theirs = done[done["method"] == against].set_index(["budget_rst_s", "seed"])["final_val_loss"]
+    notes: dict[float, str] = {}
+    if at_fraction < 1.0:
+        ours = _part_way(evals, done[done["method"] == method], at_fraction)
+        notes = {b * at_fraction: f"at {at_fraction:.0%} of {format_budget(b)}" for b, _ in ours.index}
+        ours.index = pd.MultiIndex.from_tuples([(b * at_fraction, s) for b, s in ours.index])
+    else:
+        ours = done[done["method"] == method].set_index(["budget_rst_s", "seed"])["final_val_loss"]
+    if factor != 1.0:
+        theirs = _at_factor(theirs, sorted({b for b, _ in ours.index}), factor)
+        notes = {b: f"against {format_budget(b * factor)}" for b, _ in theirs.index}
     joined = pd.concat({"ours": ours, "theirs": theirs}, axis=1, join="inner").dropna()
     cells = []
     for budget_s, group in joined.groupby(level=0, sort=True):
         mean, low, high, n = mean_ci(group["ours"] - group["theirs"])
-        cells.append(Cell(float(budget_s), mean, low, high, n))
+        cells.append(Cell(float(budget_s), mean, low, high, n, notes.get(budget_s, "")))
     return cells
+
+
+def loss_at_budget(losses: dict[float, float], budget_s: float) -> float | None:
+    """The loss at `budget_s` read off runs of other budgets ({budget: loss}, one seed): exact where one ran,
+    else linear in log budget between the nearest budgets either side; None outside their range."""
+    if budget_s in losses:
+        return losses[budget_s]
+    below = [b for b in losses if b < budget_s]
+    above = [b for b in losses if b > budget_s]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    w = math.log(budget_s / lo) / math.log(hi / lo)
+    return (1 - w) * losses[lo] + w * losses[hi]
+
+
+def _at_factor(finals: pd.Series, budgets: list[float], factor: float) -> pd.Series:
+    """Per seed, the loss at `factor` times each of `budgets`, indexed by that budget (not the multiple)."""
+    out = {}
+    for seed in sorted({s for _, s in finals.index}):
+        per_budget = {float(b): float(v) for (b, s), v in finals.items() if s == seed}
+        for budget_s in budgets:
+            value = loss_at_budget(per_budget, budget_s * factor)
+            if value is not None:
+                out[(budget_s, seed)] = value
+    return pd.Series(out, dtype=float)
+
+
+def _part_way(evals: pd.DataFrame | None, runs: pd.DataFrame, fraction: float) -> pd.Series:
+    """Per complete run of `runs` (by budget and seed), its evaluation at `fraction` of the budget."""
+    out = {}
+    if evals is None or evals.empty or runs.empty:
+        return pd.Series(out, dtype=float)
+    for _, run in runs.iterrows():
+        budget_s = float(run["budget_rst_s"])
+        mine = evals[(evals["model"] == run["model"]) & (evals["method"] == run["method"])
+                     & (evals["budget_rst_s"] == budget_s) & (evals["seed"] == run["seed"])]
+        if mine.empty:
+            continue
+        gap = (mine["rst_s"] - fraction * budget_s).abs()
+        if gap.min() <= AT_FRACTION_TOLERANCE * budget_s:
+            out[(budget_s, run["seed"])] = float(mine.loc[gap.idxmin(), "val_loss"])
+    return pd.Series(out, dtype=float)
 
 
 def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> tuple[str, str, str]:
@@ -120,6 +193,27 @@ def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> 
                           "better at none", "intervals reaching 0 at most budgets")
         return (INCONCLUSIVE, f"reliably worse at {len(worse)} of {len(counted)} budgets, better at none",
                 "more seeds narrowing the intervals")
+    if expects == "not_worse":
+        if worse:
+            return (NOT_HELD, f"a reliable loss at {names(worse)} (interval wholly above 0)",
+                    "more seeds moving the interval's lower end below 0")
+        small = [c for c in counted if c.high < margin]
+        if len(small) == len(counted):
+            return (HELD, f"at every budget the interval rules out a loss of {margin:g} nats or more",
+                    f"an interval wholly above 0 (a reliable loss) at any budget, or reaching above +{margin:g}")
+        wide = [c for c in counted if c.high >= margin]
+        return (INCONCLUSIVE, f"no reliable loss, but at {names(wide)} the interval still allows a loss of "
+                              f"{margin:g} nats or more", "more seeds narrowing the interval")
+    if expects == "speedup":
+        if worse:
+            return (NOT_HELD, f"behind the runs given the multiple of its budget at {names(worse)} (interval wholly "
+                              "above 0): a smaller speed-up", "more seeds moving the interval's lower end below 0")
+        level = [c for c in counted if c.high <= 0]
+        if len(level) == len(counted):
+            return (HELD, "at every budget the interval lies at or below 0: as good as runs given the multiple",
+                    "an interval reaching above 0")
+        return (INCONCLUSIVE, f"as good as runs given the multiple at {len(level)} of {len(counted)} budgets, "
+                              "reliably behind at none", "more seeds narrowing the intervals")
     if expects == "better":
         if worse:
             return (NOT_HELD, f"reliably worse at {names(worse)}", "more seeds moving the interval below 0")
@@ -145,11 +239,13 @@ def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> 
             "more seeds narrowing the intervals")
 
 
-def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = GAIN_MARGIN_NATS) -> pd.DataFrame:
+def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = GAIN_MARGIN_NATS,
+               evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim x model with evidence: the claim, its source, the paired differences per budget, the
     verdict, the rule's reason and what would change it. `claims_of(method)` gives a method's claims (a method the
-    registry does not know has none)."""
-    cols = ["model", "method", "claim", "source", "against", "evidence", "seeds", "verdict", "why", "would_change"]
+    registry does not know has none); `evals` (ntng.report's evaluation rows) evidences claims about a run part-way."""
+    cols = ["model", "method", "claim", "number", "source", "against", "evidence", "seeds", "verdict", "why",
+            "would_change"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -161,11 +257,13 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
                 continue
             models = claim.models or sorted(set(runs[runs["method"] == name]["model"]))
             for model in models:
-                cells = paired_cells(runs, model, name, claim.against, exclude_seeds)
+                cells = paired_cells(runs, model, name, claim.against, exclude_seeds, claim.factor,
+                                     claim.at_fraction, evals)
                 if not cells:
                     continue
                 verdict, why, change = judge(claim.expects, cells, margin)
-                rows.append({"model": model, "method": name, "claim": claim.text, "source": claim.source,
+                rows.append({"model": model, "method": name, "claim": claim.text, "number": claim.number,
+                             "source": claim.source,
                              "against": claim.against, "evidence": "; ".join(c.text() for c in cells),
                              "seeds": max(c.seeds for c in cells), "verdict": verdict, "why": why,
                              "would_change": change})
@@ -178,22 +276,35 @@ def claims_table(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     return pd.DataFrame({
-        "claim": [f"{label(m)}: {c}" for m, c in zip(rows["method"], rows["claim"], strict=True)],
+        "claim": [f"{label(m)}: {c}" + (f" ({n})" if n else "")
+                  for m, c, n in zip(rows["method"], rows["claim"], rows["number"], strict=True)],
         "source": rows["source"], "model": rows["model"],
         "against": [label(a) for a in rows["against"]],
         "evidence (method minus against, nats)": rows["evidence"],
         "verdict": rows["verdict"], "because": rows["why"], "would change it": rows["would_change"]})
 
 
-def registry_claims(method: str) -> tuple:
-    """The claims of the method the registry finds by `method`'s name; none for a method it does not know."""
+def _registered(method: str):
+    """The registry's method class by `method`'s name, or None for a method it does not know."""
     from .errors import UsageError
     from .methods import find_method
 
     try:
-        return tuple(find_method(method).claims)
+        return find_method(method)
     except UsageError:
-        return ()
+        return None
+
+
+def registry_claims(method: str) -> tuple:
+    """The claims of the method the registry finds by `method`'s name; none for a method it does not know."""
+    found = _registered(method)
+    return tuple(found.claims) if found else ()
+
+
+def registry_findings(method: str, runs: pd.DataFrame, exclude_seeds=()) -> str:
+    """What the registry's method by `method`'s name says its records show beyond its claims (`Method.findings`)."""
+    found = _registered(method)
+    return found.findings(runs, exclude_seeds) if found else ""
 
 
 def verdict_paragraphs(rows: pd.DataFrame) -> str:
@@ -230,6 +341,15 @@ def rules_text(margin: float = GAIN_MARGIN_NATS) -> str:
         "held** if it lies wholly below 0 at some budget; otherwise inconclusive.",
         "- *Better*: **held** if the interval lies wholly below 0 at every budget; **not held** if it lies wholly "
         "above 0 at some budget; otherwise inconclusive.",
+        f"- *Matches or beats* (`not_worse`): **not held** if the interval lies wholly above 0 at some budget (a "
+        f"reliable loss); **held** if at every budget it rules out a loss of {margin:g} nats or more; otherwise "
+        "inconclusive.",
+        "- *k-fold speed-up* (`speedup`): the method at budget B against what it is held against at k B, read per "
+        "seed linearly in log budget between its runs either side; **not held** if the interval lies wholly above 0 "
+        "at some budget (less than k-fold); **held** if it lies at or below 0 at every budget; otherwise "
+        "inconclusive. A budget whose k B lies outside the runs' budgets has no evidence.",
+        "- A claim about a run part-way (no stopping time) holds the method's evaluation at that fraction f of its "
+        "budget B against complete runs of budget f B.",
         f"- *Ahead early, level late* (`gap_closes`): **held** if the interval lies wholly below 0 at the smallest "
         f"budget and rules out a gain of {margin:g} nats at the largest; **not held** if the method is behind at the "
         f"smallest budget or keeps a gain of more than {margin:g} nats at the largest; otherwise inconclusive.",

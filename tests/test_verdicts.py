@@ -7,7 +7,17 @@ import pandas as pd
 import pytest
 
 from ntng.methods import Claim
-from ntng.verdicts import HELD, INCONCLUSIVE, NOT_HELD, Cell, claim_rows, judge, paired_cells, tuning_seeds
+from ntng.verdicts import (
+    HELD,
+    INCONCLUSIVE,
+    NOT_HELD,
+    Cell,
+    claim_rows,
+    judge,
+    loss_at_budget,
+    paired_cells,
+    tuning_seeds,
+)
 
 M = 60.0  # one minute of RST
 
@@ -79,6 +89,63 @@ def test_better(cells, verdict):
 ])
 def test_gap_closes(cells, verdict):
     assert judge("gap_closes", cells)[0] == verdict
+
+
+@pytest.mark.parametrize("cells,verdict", [
+    ([cell(2, 0.01, -0.03, 0.04), cell(4, 0.0, -0.02, 0.02)], HELD),  # no loss of 0.05 possible anywhere
+    ([cell(2, 0.04, 0.02, 0.06), cell(4, 0.0, -0.02, 0.02)], NOT_HELD),  # a reliable loss at 2m
+    ([cell(2, 0.01, -0.07, 0.09), cell(4, -0.1, -0.12, -0.08)], INCONCLUSIVE),  # 2m still allows a loss of 0.09
+])
+def test_not_worse(cells, verdict):
+    assert judge("not_worse", cells)[0] == verdict
+
+
+@pytest.mark.parametrize("cells,verdict", [
+    ([cell(2, -0.03, -0.05, -0.01), cell(4, -0.02, -0.04, 0.0)], HELD),  # as good as k-fold budgets at both
+    ([cell(2, -0.03, -0.05, -0.01), cell(4, 0.03, 0.01, 0.05)], NOT_HELD),  # behind the 4m run given 8m
+    ([cell(2, -0.03, -0.05, -0.01), cell(4, 0.0, -0.02, 0.02)], INCONCLUSIVE),  # 4m could be short of k-fold
+])
+def test_speedup(cells, verdict):
+    assert judge("speedup", cells)[0] == verdict
+
+
+def test_loss_at_a_budget_is_read_linearly_in_log_budget():
+    losses = {120.0: 6.3, 240.0: 6.2, 480.0: 6.1}
+    assert loss_at_budget(losses, 240.0) == 6.2
+    # 1.35 x 2m = 162 s: log2(162 / 120) = 0.4330 of the way from 2m to 4m -> 6.3 - 0.1 x 0.4330
+    assert loss_at_budget(losses, 162.0) == pytest.approx(6.3 - 0.1 * math.log2(1.35), abs=1e-12)
+    assert loss_at_budget(losses, 960.0) is None and loss_at_budget(losses, 60.0) is None  # no extrapolation
+
+
+def test_a_speedup_claim_pairs_each_budget_with_the_baseline_at_its_multiple():
+    rows = []
+    for s, base in ((1, 6.3), (2, 6.32), (3, 6.31)):
+        rows += [("bert", "baseline", b, s, base - 0.1 * k) for k, b in enumerate((2, 4, 8))]
+        rows += [("bert", "muon", b, s, base - 0.1 * k - 0.1 + 0.01 * s) for k, b in enumerate((2, 4, 8))]
+    cells = paired_cells(runs_frame(rows), "bert", "muon", "baseline", factor=2.0)
+    # muon at B minus the baseline at 2B: (base - 0.1k - 0.1 + 0.01 s) - (base - 0.1(k+1)) = 0.01 s; none at 8m
+    assert [c.budget for c in cells] == ["2m", "4m"]
+    assert all(c.mean == pytest.approx(0.02) and c.seeds == 3 for c in cells)
+    assert cells[0].text().startswith("2m (against 4m): +0.020 [")
+    halfway = paired_cells(runs_frame(rows), "bert", "muon", "baseline", factor=1.5)
+    # the baseline at 3m: half a doubling past 2m, linearly in log budget -> base - 0.1 log2(1.5)
+    assert halfway[0].mean == pytest.approx(-0.1 + 0.02 + 0.1 * math.log2(1.5))
+
+
+def test_a_claim_about_a_run_part_way_reads_its_evaluation_there():
+    rows, evals = [], []
+    for s in (1, 2, 3):
+        rows += [("bert", "baseline", 2, s, 6.4), ("bert", "baseline", 4, s, 6.3),
+                 ("bert", "schedule_free", 4, s, 6.25)]
+        # evaluations of the 4m run every 30 s of RST (a little past each point), the one nearest 2m at 121 s
+        evals += [{"model": "bert", "method": "schedule_free", "budget_rst_s": 240.0, "seed": s, "rst_s": t + 1.0,
+                   "val_loss": 6.6 - t / 1000 + (0.01 * s if t == 120 else 0.0)} for t in range(0, 241, 30)]
+    claim = Claim("no stopping time", "Defazio et al. 2024", "not_worse", at_fraction=0.5)
+    out = claim_rows(runs_frame(rows), lambda m: (claim,) if m == "schedule_free" else (),
+                     evals=pd.DataFrame(evals))
+    # at 121 s: 6.6 - 0.12 + 0.01 s = 6.48 + 0.01 s against the 2m baseline's 6.4 -> 0.09 .. 0.11, mean 0.1
+    assert out.iloc[0]["evidence"].startswith("2m (at 50% of 4m): +0.100 [")
+    assert out.iloc[0]["verdict"] == NOT_HELD
 
 
 def test_an_unknown_rule_is_refused():

@@ -34,13 +34,18 @@ class Claim:
 
     text: str  # the claim in words, as its source makes it
     source: str  # where it is made: authors, year, section or figure
-    # the rule it is held to (ntng.verdicts.RULES): "not_better" (no gain), "worse", "better", "gap_closes" (ahead at
-    # the smallest budget, level at the largest)
+    # the rule it is held to (ntng.verdicts.RULES): "not_better" (no gain), "worse", "better", "not_worse" (matches
+    # or beats), "gap_closes" (ahead at the smallest budget, level at the largest), "speedup" (as good as what it is
+    # held against given `factor` times the budget)
     expects: str
     settings: str = ""  # the variant's settings it is about ("free_hessian"); "" = the method as it is
     against: str = "baseline"  # the runs it is paired with, by model, budget and seed (a variant name)
     models: tuple[str, ...] = ()  # the models it is about; () = every model the method ran on
     number: str = ""  # the claim's own figure, where its source gives one ("1.35x fewer tokens")
+    factor: float = 1.0  # "speedup": the multiple of the method's budget the runs held against are given
+    # < 1: the method's loss part-way through its runs (its evaluation nearest this fraction of the budget), held
+    # against complete runs of that shorter budget (a claim to need no stopping time)
+    at_fraction: float = 1.0
 
 
 @dataclass
@@ -182,6 +187,12 @@ class Method:
         the uninterrupted run stood after its save: entering it when the model already holds its evaluation weights
         must change nothing. Default: the training weights as they are (Schedule-Free: its averaged weights)."""
         return contextlib.nullcontext()
+
+    @classmethod
+    def findings(cls, runs, exclude_seeds=()) -> str:
+        """What the method's records show beyond its claims, as markdown for its book chapter ("": nothing).
+        `runs`: ntng.report's table of runs (every method's, with `run_dir`); `exclude_seeds`: the tuning seed(s)."""
+        return ""
 
     def stats(self) -> dict:
         """method_stats for summary.json."""

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UsageError
 from ..optim import decay_groups
-from .base import Method, Run, around, take_options
+from .base import Claim, Method, Run, around, take_options
 
 # The warm-up, as a share of the budget. The Schedule-Free README recommends a warm-up but gives no length; the
 # authors' AlgoPerf 2024 self-tuning entry (the claim below; schedulefree/algoperf/self_tuning/.../submission.py)
@@ -162,6 +162,15 @@ class ScheduleFreeAdamW(Method):
     action = "replace"
     summary = "interpolation and averaging instead of momentum and a decay schedule"
     studied_on = ()  # not in the paper's study: run when named
+    claims = (
+        Claim("matches or beats a tuned decay schedule of the same budget, with no schedule",
+              "Defazio et al. 2024 (arXiv 2405.15682), Sections 1 and 4; Kasimbeg et al. 2025 (AlgoPerf)",
+              "not_worse"),
+        Claim("needs no stopping time: half-way through a run it matches a run of half the budget with a decay "
+              "schedule", "Defazio et al. 2024, Section 1", "not_worse", at_fraction=0.5),
+        Claim("needs no stopping time: a quarter of the way through a run it matches a run of a quarter of the budget "
+              "with a decay schedule", "Defazio et al. 2024, Section 1", "not_worse", at_fraction=0.25),
+    )
     card = (
         "**Schedule-Free AdamW** (Defazio et al. 2024, *The Road Less Scheduled*). AdamW's momentum is replaced "
         "by interpolation and averaging: the gradient is taken at y = (1 - beta1) z + beta1 x, where z takes "
