@@ -34,12 +34,14 @@ from flops import bert_flops_per_sequence, flops_per_token, t5_flops_per_sequenc
 from ntng import data as data_mod
 from ntng.batches import BatchStream, make_collator
 from ntng.errors import UsageError
-from ntng.presets import METHODS, get_preset, parse_budget
+from ntng.methods import paper_methods
+from ntng.presets import get_preset, parse_budget
 from ntng.records import write_json
 from ntng.splits import select_split
 from ntng.train import Trainer, autocast_dtype, describe_machine, pick_device, pretrain, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = paper_methods()  # the study's seven
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "bench.json"
 HOOKS = ("begin_step", "next_microbatch", "active_layers", "before_update", "end_step")
 CHARGES = ("charge_train", "charge_forward", "charge_optimizer")

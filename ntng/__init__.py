@@ -8,7 +8,7 @@ import warnings
 from importlib import import_module
 
 from .errors import NtngError, RunError, UsageError
-from .presets import METHODS, MODELS, PRESETS, get_preset, parse_budget
+from .presets import MODELS, PRESETS, get_preset, parse_budget
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'ntng' has no attribute {name!r}")
 
 
-__all__ = ["NtngError", "RunError", "UsageError", "METHODS", "MODELS", "PRESETS", "get_preset", "parse_budget",
+__all__ = ["NtngError", "RunError", "UsageError", "MODELS", "PRESETS", "get_preset", "parse_budget",
            "build_data", "load_packed", "load_task", "load_tokenizer", "build_model", "pretrain", "calibrate",
            "read_metrics", "sweep", "finetune", "compare"]

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import NtngError, UsageError
-from .presets import DEFAULT_PRESET, METHODS, MODELS, REFERENCE_PRESET, all_presets, parse_budget
-from .variants import ABLATIONS
+from .presets import DEFAULT_PRESET, MODELS, REFERENCE_PRESET, all_presets, parse_budget
 
 PROG = "ntng"
 
@@ -112,7 +111,7 @@ def build_parser() -> OneLineParser:
                        description="Pre-train one model with one method under an RST budget into a run directory.")
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--method", type=_method, required=True,
-                   help=f"{' | '.join(METHODS)}, an installed plug-in (entry point group ntng.methods), "
+                   help="a built-in method (docs/methods.md), an installed plug-in (entry point group ntng.methods), "
                    "module:Class, or a variant: METHOD+SETTING..., e.g. sophia+free_hessian, lion+lr=0.0003 (its "
                    "own run directory)")
     p.add_argument("--budget", type=_budget, required=True, help="RST budget with a unit: 20s, 10m, 6h")
@@ -153,8 +152,8 @@ def build_parser() -> OneLineParser:
                    help="a grid axis: one variant of METHOD per value (lion.lr=3e-4,7e-4,2e-3; "
                    "baseline.recipe.lr=5e-4,1e-3); repeatable, several keys of one method combine")
     p.add_argument("--ablations", action="store_true",
-                   help="add the paper's ablations at the grid's middle budget (BERT): "
-                   + ", ".join(ABLATIONS))
+                   help="add the paper's ablations at the grid's middle budget (BERT): each studied method with "
+                   "the extra work it charges made free (free_scoring, free_hessian)")
     p.add_argument("--budgets", nargs="+", type=_budget, default=None,
                    help="RST budgets with a unit (default: the preset's three)")
     p.add_argument("--seeds", nargs="+", type=_seed, default=None, help="default: the preset's seeds (0)")

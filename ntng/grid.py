@@ -46,7 +46,7 @@ from .presets import MODELS, format_budget, get_preset, middle_budget, parse_bud
 from .progress import Bar
 from .records import RunDir
 from .resources import notebook as shipped_notebook
-from .variants import ABLATION_MODELS, ABLATIONS, base_method, canonical_method, run_name
+from .variants import ABLATION_MODELS, base_method, canonical_method, run_name
 
 NOTEBOOK = shipped_notebook("pretrain.ipynb")  # the checkout's, or the copy inside an installed package
 FINETUNE_NOTEBOOK = NOTEBOOK.with_name("finetune.ipynb")
@@ -89,10 +89,12 @@ def plan_grid(preset: str, models, methods, budgets, seeds, results: Path) -> li
 
 
 def plan_ablations(preset: str, models, budgets, seeds, results: Path) -> list[Cell]:
-    """The paper's ablations (ntng.variants.ABLATIONS) at the middle of the grid's budgets (the preset's by
+    """The paper's ablations (ntng.methods.paper_ablations) at the middle of the grid's budgets (the preset's by
     default: 12 h of the paper's 6/12/24 h), for the models the paper ran them on."""
-    return plan_grid(preset, [m for m in models if m in ABLATION_MODELS], ABLATIONS, [middle_budget(budgets)],
-                     seeds, results)
+    from .methods import paper_ablations
+
+    return plan_grid(preset, [m for m in models if m in ABLATION_MODELS], paper_ablations(),
+                     [middle_budget(budgets)], seeds, results)
 
 
 def check_methods(methods) -> list[str]:
@@ -463,18 +465,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def prepares(method: str) -> bool:
+    """Whether the method makes something before its runs that its other runs reuse (`Method.prepare`, e.g.
+    RHO-LOSS's irreducible-loss model); False for a method that cannot be found here."""
+    from .errors import NtngError
+    from .methods import Method, find_method
+
+    try:
+        return find_method(base_method(method)).prepare is not Method.prepare
+    except NtngError:
+        return False
+
+
 def run_order(tasks: list[dict]) -> list[int]:
-    """The order cells start in: each model's first RHO-LOSS cell first (it trains and scores the irreducible-loss
-    model, minutes at smoke), the model's other RHO-LOSS cells last (they reuse that model; started next to the
-    first, they would hold a job slot idle waiting on its lock), the rest in grid order in between."""
+    """The order cells start in: per model and method that prepares something shared (`prepares`: RHO-LOSS trains
+    and scores its irreducible-loss model, minutes at smoke), its first cell first and its other cells last (they
+    reuse it; started next to the first, they would hold a job slot idle waiting on its lock), the rest in grid
+    order in between."""
     first, middle, last, seen = [], [], [], set()
+    shared = {m: prepares(m) for m in {task["method"] for task in tasks}}
     for k, task in enumerate(tasks):
-        if base_method(task["method"]) != "rho_loss":
+        key = (task["model"], base_method(task["method"]))
+        if not shared[task["method"]]:
             middle.append(k)
-        elif task["model"] in seen:
+        elif key in seen:
             last.append(k)
         else:
-            seen.add(task["model"])
+            seen.add(key)
             first.append(k)
     return first + middle + last
 

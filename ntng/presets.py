@@ -67,45 +67,22 @@ class Recipe:
     eval_sequences: int | None
     eval_points: int = 10  # evaluations at k/eval_points of the budget, k = 1..eval_points, plus one at the start
     checkpoint_every: float = 0.1  # budget fraction between checkpoints: a kill loses at most this share
-    # --- the methods' own values (Kaddour et al. 2023, Appendix C). Peaks: the recipe's schedule
-    # multiplies them as it does `lr`. Defaults are BERT's; the T5 recipe sets its own below.
-    lion_lr: float = 7e-4  # C.5, BERT (the official code's default 1e-4 is not what the paper used)
-    lion_weight_decay: float = 0.1  # C.5, BERT
-    sophia_lr: float = 4e-4  # C.6, BERT
-    sophia_weight_decay: float = 0.015  # C.6, BERT
-    sophia_rho: float = 0.01  # C.6, BERT and T5
-    sophia_bs: int | None = None  # C.6: Sophia's `bs`; None = tokens per batch (BERT: 1536 x 128 = 196,608)
-    hessian_interval: int = 10  # Sophia: optimizer steps between Hessian estimates (k)
-    hessian_batch_fraction: float = 0.5  # of a batch's micro-batches spent per estimate (BERT code: 768 of 1536)
-    rms_scale: bool = False  # Lion/Sophia steps x max(1e-3, RMS(p)), as the paper's T5 code does (AdamWScale-like)
-    layer_dropping_lr: float | None = None  # C.2: layer dropping's own peak; None = `lr` (BERT)
-
-
-# the recipe fields only a method reads; the method's settings (config.json "method_settings") carry their values in
-# force, so a change of one of them concerns that method's runs only
-METHOD_RECIPE_FIELDS = ("lion_lr", "lion_weight_decay", "sophia_lr", "sophia_weight_decay", "sophia_rho", "sophia_bs",
-                        "hessian_interval", "hessian_batch_fraction", "rms_scale", "layer_dropping_lr")
+    # A method's own values (Lion's peak, Sophia's rho...) are not here: each method module holds the paper's, and a
+    # preset's tuned ones are its `method_options`.
 
 
 BERT_PAPER_RECIPE = Recipe(optimizer="adamw", lr=1e-3, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.01,
                            grad_clip=0.5, schedule="one_cycle", eval_sequences=2048)
 T5_PAPER_RECIPE = Recipe(optimizer="adamw_scale", lr=2e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
-                         grad_clip=1.0, schedule="cosine_budget", eval_sequences=1152,
-                         # C.5 / C.6 and the T5 code: no weight decay, a whole batch per Hessian estimate,
-                         # RMS-scaled steps; Sophia's bs is 5120 always (the T5 code calls step() without bs, so
-                         # the optimizer's default applies); layer dropping at 1e-2, not 2e-2 (C.2: more stable)
-                         lion_lr=7.5e-4, lion_weight_decay=0.0, sophia_lr=1e-3, sophia_weight_decay=0.0,
-                         sophia_rho=0.01, sophia_bs=5120, hessian_batch_fraction=1.0, rms_scale=True,
-                         layer_dropping_lr=1e-2)
+                         grad_clip=1.0, schedule="cosine_budget", eval_sequences=1152)
+PAPER_RECIPES = {"bert": BERT_PAPER_RECIPE, "t5": T5_PAPER_RECIPE}
 
 
-def with_peak_lr(recipe: Recipe, lr: float) -> Recipe:
-    """`recipe` at another baseline peak, the methods' own peaks (Lion, Sophia, T5's layer dropping) moved with it:
-    they keep the paper's ratio to the baseline's, the centre a tuning grid starts from (ntng.tuning)."""
-    ratio = lr / recipe.lr
-    own_ld = recipe.layer_dropping_lr
-    return replace(recipe, lr=lr, lion_lr=recipe.lion_lr * ratio, sophia_lr=recipe.sophia_lr * ratio,
-                   layer_dropping_lr=None if own_ld is None else own_ld * ratio)
+def paper_peak_ratio(recipe: Recipe, model: str) -> float:
+    """`recipe`'s peak over the paper's baseline peak for `model`: a method's own peak (Lion's, Sophia's...) is the
+    paper's times this, keeping the paper's ratio to the baseline's where a preset moves the baseline's peak, the
+    centre a tuning grid starts from (ntng.tuning)."""
+    return recipe.lr / PAPER_RECIPES[model].lr
 
 
 @dataclass(frozen=True)
@@ -150,8 +127,8 @@ class Preset:
     # what one sweep cell asks Ray for; its torch threads follow ray_cpus (more threads barely speed up tiny models)
     ray_cpus: float = 1.0
     ray_gpus: float = 0.0
-    # model -> method -> option -> value: a method's defaults at this preset (what tuning chose here), under the
-    # settings a run gives (--set). Values the recipe carries (lion_lr, sophia_lr...) stay in the recipe.
+    # model -> method -> option -> value: a method's defaults at this preset (what tuning chose here), over the
+    # method's own defaults and under the settings a run gives (--set)
     method_options: dict = field(default_factory=dict, hash=False)
     # the precision every run of the preset trains and evaluates in ("fp32" or "bf16"); None follows the host (bf16
     # where it runs natively). A reference preset pins it: hosts differ, and every seed of one grid must match
@@ -256,25 +233,17 @@ PRESETS: dict[str, Preset] = {
         ray_cpus=1.0,  # the tables are one-thread tables: one cell per core
         # probe, 2 min: BERT 4 x 64 lowest at 8e-3 of 8e-3 / 1.6e-2 (4 x 128: 8e-3 of 2e-3 / 4e-3 / 8e-3), 8x the
         # paper's 1e-3; T5 at 4e-2 of 4e-2 / 8e-2 (4 x 128: 4e-2 of 1e-2...8e-2), 2x the paper's 2e-2. The methods' own
-        # peaks keep the paper's ratio to the baseline's (with_peak_lr) until tuning says otherwise
+        # peaks keep the paper's ratio to the baseline's (paper_peak_ratio) until tuning says otherwise
         # tuning (2 min, seed 0; results/tuning/cpu): the baselines' peaks stayed (BERT 6.002 at 8e-3, 6.005 at 4e-3,
         # 6.042 at 1.6e-2; T5 4.878 at 4e-2, 5.030 at 2e-2, 4.882 at 8e-2), so did Lion's weight decay and Sophia's
-        # peak on BERT and layer dropping's gamma; the others moved:
+        # peak on BERT and layer dropping's gamma; the others moved (method_options, below).
         # evaluated on the whole validation split (BERT 1,989 windows, T5 1,810: all four sources); the tuning was
         # evaluated on the first 512 windows, State of the Union only (the page "Tuning on equal terms")
         # eight evaluations a run (and one at the start): every eighth of the budget, so a quarter, a half and three
         # quarters of it are among them (an anytime method is held against the runs of those budgets); the whole
         # split takes ~5 s (BERT) / ~9 s (T5) per evaluation on one core
-        bert_recipe=replace(with_peak_lr(BERT_PAPER_RECIPE, 8e-3), eval_sequences=None, eval_points=8,
-                            # Lion 6.610 at 1.4e-3 (5.6e-3 6.657, 2.8e-3 6.645, 1.12e-2 6.666, 7e-4 6.639); Sophia's
-                            # rho 6.249 at 5e-3 (1e-2 6.313, 2e-2 6.620, 2.5e-3 6.593)
-                            lion_lr=1.4e-3, sophia_rho=5e-3),
-        t5_recipe=replace(with_peak_lr(T5_PAPER_RECIPE, 4e-2), eval_sequences=None, eval_points=8,
-                          # layer dropping's own peak 4.925 at 8e-2 (2e-2 5.111, 1e-2 5.306, 4e-2 4.965, 1.6e-1
-                          # 5.779); Lion 5.096 at 6e-3 (1.5e-3 5.426, 7.5e-4 5.692, 3e-3 5.265, 1.2e-2 5.592);
-                          # Sophia 5.131 at 8e-3 (2e-3 5.423, 1e-3 5.575, 4e-3 5.168, 1.6e-2 5.587) and rho 5.408 at
-                          # 5e-3 (1e-2 5.423, 2e-2 5.445; 2.5e-3 5.403 is within the noise margin of it)
-                          layer_dropping_lr=8e-2, lion_lr=6e-3, sophia_lr=8e-3, sophia_rho=5e-3),
+        bert_recipe=replace(BERT_PAPER_RECIPE, lr=8e-3, eval_sequences=None, eval_points=8),
+        t5_recipe=replace(T5_PAPER_RECIPE, lr=4e-2, eval_sequences=None, eval_points=8),
         finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
         book_finetune="largest",  # the 12 runs of the largest budget (7 BERT, 5 T5), ~1 min per task and model each
         # fp32 on every host: bf16 runs natively only on some (AVX512-BF16 / AMX) and is emulated, far slower, on the
@@ -286,11 +255,18 @@ PRESETS: dict[str, Preset] = {
             # 5.988 at 0.25 against 6.033 at the paper's 1, 6.008 at 0.5, 6.203 at 2 (0.125: 5.984, within the noise
             # margin): a smaller scale keeps more of each batch (probability percentile^scale), closer to the baseline
             "selective_backprop": {"scale": 0.25},
-        },  # RHO-LOSS's mega-batch stayed at 2x (5.996; 4x 6.072, 8x 6.121)
-            "t5": {
+            # RHO-LOSS's mega-batch stayed at 2x (5.996; 4x 6.072, 8x 6.121)
+            "lion": {"lr": 1.4e-3},  # 6.610 at 1.4e-3 (5.6e-3 6.657, 2.8e-3 6.645, 1.12e-2 6.666, 7e-4 6.639)
+            "sophia": {"rho": 5e-3},  # 6.249 at 5e-3 (1e-2 6.313, 2e-2 6.620, 2.5e-3 6.593)
+        }, "t5": {
             # 4.791 growing at 25% / 60% of the budget against 4.882 at the paper's 12.5% / 30% and 4.976 at 6.25% /
             # 15%: at this scale T5 gains from more of the budget in the cheaper shallow stages
             "layer_stacking": {"points": [0.25, 0.6]},
+            "layer_dropping": {"lr": 8e-2},  # its own peak: 4.925 at 8e-2 (2e-2 5.111, 1e-2 5.306, 4e-2 4.965, 1.6e-1 5.779)
+            "lion": {"lr": 6e-3},  # 5.096 at 6e-3 (1.5e-3 5.426, 7.5e-4 5.692, 3e-3 5.265, 1.2e-2 5.592)
+            # 5.131 at 8e-3 (2e-3 5.423, 1e-3 5.575, 4e-3 5.168, 1.6e-2 5.587) and rho 5.408 at 5e-3 (1e-2 5.423,
+            # 2e-2 5.445; 2.5e-3 5.403 is within the noise margin of it)
+            "sophia": {"lr": 8e-3, "rho": 5e-3},
         }},
         description="the reference CPU scale, chosen by the probe: small models that learn well below the "
                     "context-free floor; one seed of the reference grid in ~2 hours on 2 cores",
@@ -374,8 +350,6 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         raise UsageError(f"unknown preset {name!r} (choose from {', '.join(presets)})") from None
 
-
-METHODS = ("baseline", "layer_stacking", "layer_dropping", "selective_backprop", "rho_loss", "lion", "sophia")
 
 _BUDGET = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>[smh])")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}

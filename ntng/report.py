@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UsageError
-from .presets import METHODS, format_budget, get_preset
+from .presets import format_budget, get_preset
 from .records import METRIC_COLUMNS, Unreadable, read_metrics_checked
 from .variants import base_method, describe
 
@@ -65,9 +65,13 @@ def label(method: str) -> str:
 
 
 def method_order(method: str) -> tuple:
-    """Sort key: the study's methods in its order (METHODS), then others by name; a variant after its method."""
+    """Sort key: the built-in methods in the registry's order (the study's first, in its order), then others by
+    name; a variant after its method."""
+    from .methods import BUILTINS  # the registry (and torch) load on the first sort, not on import
+
+    order = list(BUILTINS)
     base = base_method(method)
-    return (METHODS.index(base) if base in METHODS else len(METHODS), base, method != base, method)
+    return (order.index(base) if base in order else len(order), base, method != base, method)
 
 
 def families_present(table) -> list[str]:
@@ -266,7 +270,7 @@ def _relative(path: str | Path, root: Path) -> str:
 
 
 def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the study's order: model, method (as in METHODS), budget, seed."""
+    """Rows in the study's order: model, method (`method_order`), budget, seed."""
     if frame.empty:
         return frame
     cols = [c for c in ("model", "method", "budget_rst_s", "seed", "task") if c in frame.columns]

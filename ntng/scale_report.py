@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 from .presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 from .report import load_runs
 from .tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
-from .variants import ABLATIONS
 
 LOWEST = "**"  # marks the lowest final loss of a model in a table
 
@@ -158,7 +157,9 @@ def preset_markdown(preset_name: str, probe_rows: list[dict], results: str | Pat
                        f"{_fmt(r['floor'])} | {_fmt(r['floor'] - r['final_val_loss'])} | "
                        f"{_fmt(r['wall_s'] / r['rst_s'], 2)} |")
         ratio = float((base["wall_s"] / base["rst_s"]).mean())
-        rst = grid_rst_seconds(preset, reference_grid_methods(), ablations=len(ABLATIONS))
+        from .methods import paper_ablations
+
+        rst = grid_rst_seconds(preset, reference_grid_methods(), ablations=len(paper_ablations()))
         cores = max(1, int(2 // preset.ray_cpus))
         hours = rst * ratio / cores / 3600
         out += ["", f"One seed of the reference grid is {rst / 60:.0f} min of RST; at the wall time these baselines "

@@ -25,7 +25,7 @@ from .errors import RunError, UsageError
 from .evaluation import EVAL_MASK_SEED, SELECTION_RULE, build_eval_set, mean_loss
 from .methods import Method, Run, build_method, find_method
 from .models import build_model, count_parameters, model_config_dict
-from .presets import METHOD_RECIPE_FIELDS, MODELS, Preset, format_budget, get_preset, parse_budget
+from .presets import MODELS, Preset, format_budget, get_preset, parse_budget
 from .pricing import estimated_price
 from .progress import Bar
 from .records import RunDir
@@ -187,12 +187,12 @@ def recipe_value_ok(name: str, value) -> bool:
         return False
     if name == "betas":
         return all(0.0 <= v < 1.0 for v in numbers)
-    if name.endswith("lr") or name in ("eps", "eval_points", "eval_sequences", "hessian_interval"):
+    if name in ("lr", "eps", "eval_points", "eval_sequences"):
         return all(v > 0 for v in numbers)
-    if name in ("checkpoint_every", "hessian_batch_fraction"):
+    if name == "checkpoint_every":
         return all(0.0 < v <= 1.0 for v in numbers)
-    if name.endswith(("weight_decay", "grad_clip", "rho")) or name == "sophia_bs":
-        return all(v >= 0 for v in numbers) and (name != "sophia_bs" or all(v > 0 for v in numbers))
+    if name in ("weight_decay", "grad_clip"):
+        return all(v >= 0 for v in numbers)
     return True
 
 
@@ -234,15 +234,15 @@ RECIPE_OPTIMIZER_FIELDS = ("optimizer", "lr", "betas", "eps", "weight_decay")
 
 def settings_in_force(model: str, method: str, preset: Preset) -> dict:
     """What a run of `method` (a variant) at `preset` is made with today, as its config.json records it: the
-    recipe fields it reads (not the methods' own fields, whose values in force are in the method's settings, nor
-    the recipe's optimizer where the method builds its own) and the method's settings. Raises UsageError as
+    recipe fields it reads (not the recipe's optimizer where the method builds its own: the values it builds it
+    from are in its settings) and the method's settings. Raises UsageError as
     `resolve` does."""
     parsed = parse_variant(method)
     overrides = parsed.recipe_overrides()
     preset_obj = with_recipe(preset, model, overrides) if overrides else preset
     hooks = build_method(parsed.method, model, preset_obj, **parsed.method_options())
     # how a run is evaluated is compared with the rest of the evaluation (its own part, below)
-    ignored = set(METHOD_RECIPE_FIELDS) | set(UNRECORDED_RECIPE_FIELDS) | {"eval_sequences", "eval_points"}
+    ignored = set(UNRECORDED_RECIPE_FIELDS) | {"eval_sequences", "eval_points"}
     if type(hooks).build_optimizer is not Method.build_optimizer:
         ignored |= set(RECIPE_OPTIMIZER_FIELDS)
     recipe = {k: v for k, v in asdict(preset_obj.recipe(model)).items() if k not in ignored}

@@ -24,8 +24,7 @@ RUN_FLAGS = {"free_scoring": "scoring", "free_hessian": "hessian"}  # flag -> th
 # a run setting naming the training windows (ntng.splits.DATA_SPLITS): `baseline+data_split=rho_main` is the
 # baseline on the 80% RHO-LOSS trains on, its like-for-like control
 DATA_SPLIT = "data_split"
-# the paper's ablations, run by `ntng book` at the preset's middle budget (BERT, where the paper ran them)
-ABLATIONS = ("selective_backprop+free_scoring", "rho_loss+free_scoring", "sophia+free_hessian")
+# the models the paper ran its ablations on (ntng.methods.paper_ablations), at the grid's middle budget
 ABLATION_MODELS = ("bert",)
 _KEY = re.compile(r"(recipe\.)?[a-z][a-z0-9_]*")  # a method option, or recipe.FIELD (ntng.presets.Recipe)
 RECIPE_PREFIX = "recipe."

@@ -15,8 +15,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ntng.batches import make_collator
+from ntng.methods import paper_methods
 from ntng.models import build_model
-from ntng.presets import METHODS, get_preset
+from ntng.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -90,7 +91,7 @@ def test_bench_smoke_writes_every_key(built_fixture, tmp_path):
     for key in ("clock_overhead_fraction", "loader_wait_fraction"):
         assert result[key] < 1, key
     for key in ("wall_over_rst", "wall_over_rst_t5", "wall_over_rst_relative", "wall_over_rst_relative_t5"):
-        assert set(result[key]) == set(METHODS)
+        assert set(result[key]) == set(paper_methods())
         assert all(isinstance(v, float) and v > 0 for v in result[key].values())
     baseline = result["rst_fidelity"]["runs"]["bert"]["baseline"]
     assert [r["status"] for r in baseline["rounds"]] == ["complete"] and result["wall_over_rst_relative"]["baseline"] == 1

@@ -7,9 +7,11 @@ import pytest
 
 from ntng.errors import UsageError
 from ntng.grid import check_methods, plan_ablations
-from ntng.methods import build_method
+from ntng.methods import build_method, paper_ablations
 from ntng.presets import PRESETS, middle_budget
-from ntng.variants import ABLATIONS, describe, parse_variant, variant_name
+from ntng.variants import describe, parse_variant, variant_name
+
+ABLATIONS = paper_ablations()
 
 PAPER = PRESETS["paper"]
 

@@ -204,7 +204,7 @@ def test_a_sweep_with_a_failure_a_divergence_and_a_killed_cell_reports_each(buil
     data_dir, _ = built_fixture
     presets = tmp_path / "presets.json"
     faulty = {**TINY_PRESET, "name": "faulty", "bert": {"num_layers": 2},
-              "bert_recipe": {"eval_sequences": 32, "lion_lr": 1e6, "grad_clip": 0.0}}
+              "bert_recipe": {"eval_sequences": 32, "grad_clip": 0.0}, "method_options": {"bert": {"lion": {"lr": 1e6}}}}
     presets.write_text(json.dumps([TINY_PRESET, faulty]))
     env = {**os.environ, "NTNG_PRESETS_FILE": str(presets), "NTNG_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     results = tmp_path / "results"

@@ -14,7 +14,7 @@ import synthetic_results as syn
 from ntng import probe, scale_report, tuning
 from ntng.errors import UsageError
 from ntng.methods import build_method
-from ntng.presets import BERT_PAPER_RECIPE, T5_PAPER_RECIPE, get_preset, load_custom_presets, parse_budget, with_peak_lr
+from ntng.presets import BERT_PAPER_RECIPE, T5_PAPER_RECIPE, get_preset, load_custom_presets, parse_budget
 from ntng.variants import canonical_method, parse_variant
 
 
@@ -103,13 +103,24 @@ def test_a_probe_table_ships_as_a_presets_table_unchanged_but_for_its_label(tmp_
     assert load_table(tmp_path / "cpu-bert.json").train == load_table(src).train
 
 
-def test_with_peak_lr_keeps_the_paper_ratios():
-    bert = with_peak_lr(BERT_PAPER_RECIPE, 4e-3)  # 4x the paper's 1e-3
-    assert (bert.lr, bert.lion_lr, bert.sophia_lr, bert.layer_dropping_lr) == (4e-3, pytest.approx(2.8e-3),
-                                                                               pytest.approx(1.6e-3), None)
-    t5 = with_peak_lr(T5_PAPER_RECIPE, 1e-2)  # half the paper's 2e-2
-    assert (t5.lion_lr, t5.sophia_lr, t5.layer_dropping_lr) == (pytest.approx(3.75e-4), pytest.approx(5e-4),
-                                                                pytest.approx(5e-3))
+def test_the_methods_own_peaks_keep_the_paper_ratios():
+    from dataclasses import replace
+
+    from ntng.methods import build_method
+
+    smoke = get_preset("smoke")
+    # 4x the paper's BERT peak of 1e-3, half its T5 peak of 2e-2
+    moved = replace(smoke, bert_recipe=replace(BERT_PAPER_RECIPE, lr=4e-3), t5_recipe=replace(T5_PAPER_RECIPE, lr=1e-2))
+
+    def peak(method, model, preset=moved):
+        return build_method(method, model, preset).settings()["lr"]
+
+    # Appendix C: Lion 7e-4 / 7.5e-4, Sophia 4e-4 / 1e-3, T5 layer dropping 1e-2 (BERT's: the baseline's)
+    assert (peak("lion", "bert"), peak("sophia", "bert"), peak("layer_dropping", "bert")) == (
+        pytest.approx(2.8e-3), pytest.approx(1.6e-3), 4e-3)
+    assert (peak("lion", "t5"), peak("sophia", "t5"), peak("layer_dropping", "t5")) == (
+        pytest.approx(3.75e-4), pytest.approx(5e-4), pytest.approx(5e-3))
+    assert (peak("lion", "bert", smoke), peak("sophia", "t5", smoke)) == (7e-4, 1e-3)  # the paper's, at its peaks
 
 
 def test_every_method_declares_what_the_paper_tuned():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ntng.errors import UsageError
+from ntng.methods import build_method
 from ntng.train import pretrain, resolve
 from ntng.variants import expand_settings, with_settings
 
@@ -57,9 +58,9 @@ def test_a_recipe_value_changes_the_run_and_names_it(built_fixture, tmp_path):
     assert spec.preset.t5_recipe.lr == 2e-2  # only the run's model's recipe
     assert spec.variant == "baseline+recipe.grad_clip=1+recipe.lr=0.002"
     assert spec.identity()["recipe_overrides"] == {"lr": 0.002, "grad_clip": 1}
-    # a method's default that comes from the recipe follows it
-    assert resolve("bert", "lion+recipe.lion_lr=0.001", "1s", "tiny", data_dir=data_dir,
-                   out_dir=tmp_path / "l").preset.bert_recipe.lion_lr == 0.001
+    # a method's own peak keeps the paper's ratio to the recipe's (Lion: 0.7 of BERT's)
+    lion = resolve("bert", "lion+recipe.lr=0.002", "1s", "tiny", data_dir=data_dir, out_dir=tmp_path / "l")
+    assert build_method("lion", "bert", lion.preset).settings()["lr"] == pytest.approx(1.4e-3)
     for bad in ("baseline+recipe.nosuch=1", "baseline+recipe.eval_points=0.5", "baseline+recipe.betas=0.9",
                 "baseline+recipe.checkpoint_every=0", "baseline+recipe.eval_points=0", "baseline+recipe.lr=-1",
                 "baseline+recipe.betas=2,3"):

@@ -16,6 +16,7 @@ import pytest
 
 from ntng import cli, grid, progress, train
 from ntng.errors import UsageError
+from ntng.methods import build_method
 from ntng.records import RunDir
 
 from conftest import TINY_PRESET
@@ -120,7 +121,8 @@ def test_a_run_made_before_a_default_changed_is_not_taken_for_the_cell(local_gri
 
     results, rows, _ = local_grid
     tiny = grid.get_preset("tiny")
-    retuned = replace(tiny, t5_recipe=replace(tiny.t5_recipe, lion_lr=tiny.t5_recipe.lion_lr / 2))
+    halved = build_method("lion", "t5", tiny).settings()["lr"] / 2
+    retuned = replace(tiny, method_options={"t5": {"lion": {"lr": halved}}})
     monkeypatch.setattr(grid, "get_preset", lambda name: retuned)
     monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("a finished cell was started again"))
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
@@ -132,15 +134,17 @@ def test_a_run_made_before_a_default_changed_is_not_taken_for_the_cell(local_gri
 
 
 def test_a_change_concerns_only_the_runs_that_read_it():
-    """The baseline's peak moving concerns the runs built on the recipe's optimizer, not Lion's or Sophia's (they
-    record their own peaks); a method's own field concerns that method alone; checkpointing concerns none."""
+    """The baseline's peak moving concerns the runs built on the recipe's optimizer, and the methods' own peaks that
+    keep the paper's ratio to it (Sophia's at `cpu`), not a peak the preset tuned (Lion's); a method's own value
+    concerns that method alone; checkpointing concerns none."""
     from dataclasses import replace
 
     from ntng.presets import get_preset
 
     cpu = get_preset("cpu")
-    moved = replace(cpu, bert_recipe=replace(cpu.bert_recipe, lr=cpu.bert_recipe.lr * 2,
-                                             sophia_rho=cpu.bert_recipe.sophia_rho * 2, checkpoint_every=0.5))
+    options = {**cpu.method_options, "bert": {**cpu.method_options["bert"], "sophia": {"rho": 0.01}}}
+    moved = replace(cpu, bert_recipe=replace(cpu.bert_recipe, lr=cpu.bert_recipe.lr * 2, checkpoint_every=0.5),
+                    method_options=options)
 
     def changed(method):
         return train.changed_settings(train.settings_in_force("bert", method, cpu),
@@ -149,7 +153,8 @@ def test_a_change_concerns_only_the_runs_that_read_it():
     assert changed("baseline") == changed("layer_stacking") == ["recipe.lr"]
     assert changed("layer_dropping") == ["method_settings.lr"]  # BERT's layer dropping takes the baseline's peak
     assert changed("lion") == [] and changed("lion+lr=0.001") == []
-    assert changed("sophia") == ["method_settings.rho"] and changed("sophia+rho=0.01") == []
+    assert changed("sophia") == ["method_settings.lr", "method_settings.rho"]
+    assert changed("sophia+rho=0.01+lr=0.001") == []
     assert changed("baseline+recipe.lr=0.004") == []  # its own peak, whatever the preset's
 
 

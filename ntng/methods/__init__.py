@@ -124,10 +124,22 @@ def build_method(name: str, model: str, preset, **options) -> Method:
         raise UsageError(f"method {cls.name}: {exc}") from None
 
 
+def paper_methods() -> list[str]:
+    """The built-in methods the paper studied (each one's `studied_on` names a model), in the study's order."""
+    return [name for name, cls in BUILTINS.items() if cls.studied_on]
+
+
+def paper_ablations() -> list[str]:
+    """The paper's ablations: each studied method with the extra work it charges made free, as variants
+    (`selective_backprop+free_scoring`, Section 5.4; `sophia+free_hessian`, Section 6.1)."""
+    return [f"{name}+free_{kind}" for name in paper_methods() for kind in BUILTINS[name].extra_work]
+
+
 def studied_methods(model: str) -> list[str]:
     """The built-in methods the paper ran on `model` (each one's `studied_on`), in the study's order: a grid's
     default (BERT all seven; T5 without batch selection)."""
     return [name for name, cls in BUILTINS.items() if model in cls.studied_on]
 
 
-__all__ = ["Claim", "Method", "Run", "build_method", "find_method", "method_names", "studied_methods", "BUILTINS", "HOOKS"]
+__all__ = ["Claim", "Method", "Run", "build_method", "find_method", "method_names", "paper_ablations", "paper_methods",
+           "studied_methods", "BUILTINS", "HOOKS"]

@@ -11,6 +11,7 @@ import torch
 from ..errors import UsageError
 from ..optim import Lion as LionOptimizer
 from ..optim import decay_groups
+from ..presets import paper_peak_ratio
 from .base import Claim, Method, around, take_options
 
 LION_BETAS = (0.9, 0.99)
@@ -19,6 +20,12 @@ LION_BETAS = (0.9, 0.99)
 def check_betas(method: str, betas) -> None:
     if not all(0.0 <= b < 1.0 for b in betas):
         raise UsageError(f"method {method}: betas {tuple(betas)} must lie in [0, 1)")
+
+
+# Appendix C.5: the paper's values per model. Its peak is for the paper's baseline peak and moves with a preset's
+# (ntng.presets.paper_peak_ratio); T5's steps are scaled by max(1e-3, RMS(param)) as the paper's T5 code does.
+PAPER_OPTIONS = {"bert": {"lr": 7e-4, "weight_decay": 0.1, "rms_scale": False},
+                 "t5": {"lr": 7.5e-4, "weight_decay": 0.0, "rms_scale": True}}
 
 
 class Lion(Method):
@@ -45,9 +52,10 @@ class Lion(Method):
 
     def __init__(self, model: str, preset, **options):
         super().__init__(model, preset)
-        r = self.recipe
-        self.options = take_options(self.name, options, {"lr": r.lion_lr, "weight_decay": r.lion_weight_decay,
-                                                         "betas": LION_BETAS, "rms_scale": r.rms_scale})
+        paper = PAPER_OPTIONS[model]
+        self.options = take_options(self.name, options, {
+            "lr": paper["lr"] * paper_peak_ratio(self.recipe, model), "weight_decay": paper["weight_decay"],
+            "betas": LION_BETAS, "rms_scale": paper["rms_scale"]})
         if not self.options["lr"] > 0 or not self.options["weight_decay"] >= 0:
             raise UsageError(f"method lion: lr must be > 0 and weight_decay >= 0, got {self.options}")
         check_betas(self.name, self.options["betas"])

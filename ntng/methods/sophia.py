@@ -26,10 +26,20 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..optim import SophiaG, decay_groups
+from ..presets import paper_peak_ratio
 from .base import Claim, Method, Run, around, take_options
 from .lion import check_betas
 
 SOPHIA_BETAS = (0.965, 0.99)
+HESSIAN_INTERVAL = 10  # optimizer steps between Hessian estimates (k), both models
+# Appendix C.6 and the paper's code, per model. The peak is for the paper's baseline peak and moves with a preset's
+# (ntng.presets.paper_peak_ratio). bs: None = the tokens per batch (BERT: 1536 x 128 = 196,608); T5 5120 always (its
+# code calls step() without bs, so the optimizer's default applies). The share of a batch each estimate takes (BERT
+# code: 768 of 1536; T5 the whole batch). T5: no weight decay, steps scaled by max(1e-3, RMS(param)).
+PAPER_OPTIONS = {"bert": {"lr": 4e-4, "weight_decay": 0.015, "rho": 0.01, "bs": None, "hessian_batch_fraction": 0.5,
+                          "rms_scale": False},
+                 "t5": {"lr": 1e-3, "weight_decay": 0.0, "rho": 0.01, "bs": 5120, "hessian_batch_fraction": 1.0,
+                        "rms_scale": True}}
 HESSIAN_AT_START = {"bert": True, "t5": False}  # the paper's BERT loop estimates before update 1, its T5 loop not
 CLIP_HESSIAN_GRADIENT = {"bert": False, "t5": True}  # the T5 loop clips the sampled-label gradient (at 1.0)
 
@@ -42,9 +52,9 @@ def tokens_per_batch(model: str, preset) -> int:
 
 
 def sophia_bs(model: str, preset) -> int:
-    """Sophia's `bs`: the recipe's fixed value where it has one (T5: 5120, the optimizer's default, as the paper's
+    """Sophia's `bs`: the paper's fixed value where it has one (T5: 5120, the optimizer's default, as the paper's
     T5 code never passes bs), else the tokens per batch (BERT)."""
-    fixed = preset.recipe(model).sophia_bs
+    fixed = PAPER_OPTIONS[model]["bs"]
     return int(fixed) if fixed is not None else tokens_per_batch(model, preset)
 
 
@@ -115,14 +125,14 @@ class Sophia(Method):
 
     def __init__(self, model: str, preset, **options):
         super().__init__(model, preset)
-        r, shape = self.recipe, preset.shape(model)
+        r, shape, paper = self.recipe, preset.shape(model), PAPER_OPTIONS[model]
         # the paper's share of a batch per estimate, in sequences (BERT 768 of 1536): at a batch of one micro-batch a
         # whole micro-batch would double the estimate's cost
-        default_sequences = max(1, round(r.hessian_batch_fraction * shape.batch))
+        default_sequences = max(1, round(paper["hessian_batch_fraction"] * shape.batch))
         self.options = take_options(self.name, options, {
-            "lr": r.sophia_lr, "weight_decay": r.sophia_weight_decay, "rho": r.sophia_rho, "betas": SOPHIA_BETAS,
-            "hessian_interval": r.hessian_interval, "hessian_sequences": default_sequences,
-            "rms_scale": r.rms_scale})
+            "lr": paper["lr"] * paper_peak_ratio(r, model), "weight_decay": paper["weight_decay"], "rho": paper["rho"],
+            "betas": SOPHIA_BETAS, "hessian_interval": HESSIAN_INTERVAL, "hessian_sequences": default_sequences,
+            "rms_scale": paper["rms_scale"]})
         o = self.options
         if not o["lr"] > 0 or not o["weight_decay"] >= 0 or not o["rho"] > 0:
             raise UsageError(f"method sophia: lr and rho must be > 0 and weight_decay >= 0, got lr={o['lr']} "
