@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from .presets import format_budget
-from .report import label, mean_ci
+from .report import label, markdown_table, mean_ci, method_order
 
 # The smallest gain the verdicts treat as a gain worth having, in nats of validation loss. Three paired seeds
 # resolve about +-0.05 nats at the reference preset, and at that scale doubling the baseline's budget buys
@@ -244,8 +244,8 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
     """One row per claim x model with evidence: the claim, its source, the paired differences per budget, the
     verdict, the rule's reason and what would change it. `claims_of(method)` gives a method's claims (a method the
     registry does not know has none); `evals` (ntng.report's evaluation rows) evidences claims about a run part-way."""
-    cols = ["model", "method", "claim", "number", "source", "against", "evidence", "seeds", "verdict", "why",
-            "would_change"]
+    cols = ["model", "method", "claim", "expects", "number", "source", "against", "evidence", "seeds", "verdict",
+            "why", "would_change"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -262,7 +262,8 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
                 if not cells:
                     continue
                 verdict, why, change = judge(claim.expects, cells, margin)
-                rows.append({"model": model, "method": name, "claim": claim.text, "number": claim.number,
+                rows.append({"model": model, "method": name, "claim": claim.text, "expects": claim.expects,
+                             "number": claim.number,
                              "source": claim.source,
                              "against": claim.against, "evidence": "; ".join(c.text() for c in cells),
                              "seeds": max(c.seeds for c in cells), "verdict": verdict, "why": why,
@@ -355,3 +356,43 @@ def rules_text(margin: float = GAIN_MARGIN_NATS) -> str:
         f"smallest budget or keeps a gain of more than {margin:g} nats at the largest; otherwise inconclusive.",
         f"- A budget counts only with {MIN_SEEDS} or more paired seeds; the interval is the 95% Student-t interval "
         "of the paired differences (method minus what it is held against, same model, budget and seed)."])
+
+
+RULE_WORDS = {"not_better": "no gain", "worse": "worse", "better": "better", "not_worse": "matches or beats",
+              "gap_closes": "ahead early, level late", "speedup": "k-fold speed-up"}
+
+
+def glance(results: str | Path, preset: str) -> str:
+    """The results at a glance (markdown, computed from the records of results/<preset>): per method and model, its
+    final validation loss minus the baseline's at each budget (mean over the seeds that count) and the verdicts of
+    its claims. The README shows it (tools/make_readme.py); the book's "What held" has the evidence."""
+    from .report import load_runs
+
+    table = load_runs(results, preset)
+    runs = table.runs
+    excluded = tuning_seeds(results, preset)
+    if runs.empty:
+        return f"*No run records under {Path(results) / preset} yet.*"
+    rows = claim_rows(runs, registry_claims, excluded, evals=table.evals)
+    budgets = sorted(set(runs["budget_rst_s"]))
+    out = []
+    for method in sorted(set(runs["method"]) - {"baseline"}, key=method_order):
+        for model in sorted(set(runs[runs["method"] == method]["model"])):
+            cells = {c.budget_rst_s: c for c in paired_cells(runs, model, method, "baseline", excluded)}
+            if not cells:
+                continue
+            mine = rows[(rows["method"] == method) & (rows["model"] == model)] if len(rows) else rows
+            claims = "; ".join(f"{RULE_WORDS.get(r, r)}" + (f" vs {label(a)}" if a != "baseline" else "") + f": {v}"
+                               for r, a, v in zip(mine["expects"], mine["against"], mine["verdict"], strict=True))
+            counts = sorted({c.seeds for c in cells.values()})
+            out.append({"method": label(method), "model": model.upper(),
+                        "seeds": "-".join(map(str, sorted({counts[0], counts[-1]}))),
+                        **{f"{format_budget(b)}": (f"{cells[b].mean:+.3f}" if b in cells else "") for b in budgets},
+                        "claims held to the records": claims})
+    seeds = sorted(set(runs["seed"]) - excluded)
+    return (f"Final validation loss minus the baseline's (nats; below 0 is better), paired by seed and averaged over "
+            f"the seeds each cell has (`seeds`) of seed(s) {', '.join(map(str, seeds)) or 'none'}, at preset `{preset}`"
+            + (f" (seed {', '.join(map(str, sorted(excluded)))}, the tuning's, decides nothing)" if excluded else "")
+            + f". A verdict needs {MIN_SEEDS} or more seeds; the book's *What held* gives each with its interval.\n\n"
+            + markdown_table(pd.DataFrame(out)))
+

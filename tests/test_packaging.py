@@ -54,6 +54,16 @@ def test_readme_opens_with_the_two_commands():
     assert "make book" in head and "make test" in head
 
 
+def test_the_readmes_results_are_what_the_committed_records_give():
+    """The README types no number by hand: its results block is tools/make_readme.py's output over results/cpu."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_readme.py"), "--check"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_ci_runs_make_test_and_treats_no_tests_as_failure():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
