@@ -31,14 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import bert_flops_per_sequence, flops_per_token, t5_flops_per_sequence
 
-from ntng import data as data_mod
-from ntng.batches import BatchStream, make_collator
+from ntng.data import corpus as data_mod
+from ntng.data.batches import BatchStream, make_collator
+from ntng.data.splits import select_split
 from ntng.errors import UsageError
 from ntng.methods import paper_methods
 from ntng.presets import get_preset, parse_budget
-from ntng.records import write_json
-from ntng.splits import select_split
-from ntng.train import Trainer, autocast_dtype, describe_machine, pick_device, pretrain, resolve
+from ntng.training.loop import Trainer, autocast_dtype, describe_machine, pick_device, pretrain, resolve
+from ntng.training.records import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = paper_methods()  # the study's seven
@@ -371,8 +371,8 @@ def run_bench(mode: str, data_dir: Path, preset: str | None = None, fidelity_pre
         # drift removed), then every method in rounds, the order reversed each round; this VM's speed moves by more
         # than 10% within minutes, so each method is also compared with the baseline run of the same round
         fidelity, tables = {}, {}
-        from ntng.calibration import calibrate
-        from ntng.rst import shipped_table
+        from ntng.training.calibration import calibrate
+        from ntng.training.rst import shipped_table
 
         for model in ("bert", "t5"):
             preset_obj = get_preset(s["fidelity_preset"])

@@ -5,7 +5,7 @@ operands), so a training pass costs 3x its forward matmuls: the familiar "6 x pa
 Embedding lookups, LayerNorms, activations, softmax and the optimizer are not counted (they are not matmuls), as in
 the usual MFU convention (Chowdhery et al. 2022, appendix B).
 
-The crammed BERT (ntng.bert; sparse masked-LM head), per sequence of S tokens with k masked positions, L blocks,
+The crammed BERT (ntng.models.bert; sparse masked-LM head), per sequence of S tokens with k masked positions, L blocks,
 hidden h, FFN width i, vocab V:
     weights    = 6 x [ S x L x (4 h^2 + 1.5 h i)  +  k x h V ]   (QKVO + the gated FFN, h -> i then i/2 -> h, on every
                                                                   token; the tied decoder, no head transform, on

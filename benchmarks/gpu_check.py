@@ -43,7 +43,7 @@ WARMUP_STEPS = 2
 
 def step_price(model: str, preset) -> float:
     """RST seconds of one baseline optimizer step at full depth in the preset's table."""
-    from ntng.rst import shipped_table
+    from ntng.training.rst import shipped_table
 
     table, shape = shipped_table(preset.rst_preset, model), preset.shape(model)
     return shape.grad_accum * table.train_seconds(shape.num_layers) + table.optimizer_seconds("adamw")
@@ -60,8 +60,8 @@ def synthetic_data(data_dir: Path, preset) -> None:
     import numpy as np
     from tokenizers import Tokenizer, models
 
-    from ntng import data as data_mod
-    from ntng import vocab
+    from ntng.data import corpus as data_mod
+    from ntng.data import vocab
 
     rng = np.random.default_rng(0)
     for model in ("bert", "t5"):
@@ -127,7 +127,7 @@ def optimizer_paths(preset, device: str) -> dict:
     import torch
 
     from ntng.methods import build_method
-    from ntng.models import build_model
+    from ntng.models.pretraining import build_model
 
     out = {}
     for model in ("bert", "t5"):
@@ -151,7 +151,7 @@ def resume_check(preset, data_dir: Path, work: Path) -> dict:
     import torch
 
     import ntng
-    from ntng.train import Trainer, resolve
+    from ntng.training.loop import Trainer, resolve
 
     budget = budget_for("bert", preset)
     whole = ntng.pretrain(model="bert", method="baseline", budget=budget, preset=preset,
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.cpu:
         print("gpu_check: no CUDA device here; this check is for a GPU machine", file=sys.stderr)
         return 2
-    from ntng import data as data_mod
+    from ntng.data import corpus as data_mod
     from ntng.presets import METHODS, get_preset
 
     paper = get_preset(args.preset)

@@ -16,21 +16,23 @@ __version__ = "0.1.0"
 # ipywidgets; executed grid notebooks would carry that warning into the book. ntng's own bars are off there.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-# name -> module that defines it; imported on first access
+# name -> module that defines it (a wing's module); imported on first access. The wings themselves (ntng.data,
+# ntng.models, ntng.training, ntng.methods, ntng.experiments, ntng.book) are subpackages.
 _LAZY = {
-    "build_data": "data", "load_packed": "data", "load_task": "data", "load_tokenizer": "data",
-    "build_model": "models", "pretrain": "train", "calibrate": "calibration", "read_metrics": "records",
-    "build_book": "book", "load_runs": "report",
-    "sweep": "grid", "compare": "comparison",
-    "finetune": "downstream",
-    "data": "data", "models": "models", "collate": "collate", "sources": "sources", "vocab": "vocab",
+    "build_data": "data.corpus", "load_packed": "data.corpus", "load_task": "data.corpus",
+    "load_tokenizer": "data.corpus", "build_model": "models.pretraining", "pretrain": "training.loop",
+    "calibrate": "training.calibration", "read_metrics": "training.records", "build_book": "book.build",
+    "load_runs": "book.report", "sweep": "experiments.grid", "compare": "book.comparison",
+    "finetune": "experiments.downstream",
 }
+WINGS = ("data", "models", "training", "methods", "experiments", "book")
 
 
 def __getattr__(name):
     if name in _LAZY:
-        module = import_module(f".{_LAZY[name]}", __name__)
-        return module if name == _LAZY[name] else getattr(module, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    if name in WINGS:
+        return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ntng' has no attribute {name!r}")
 
 

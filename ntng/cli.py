@@ -39,9 +39,9 @@ def _budget(text: str) -> str:
 
 
 def _method(text: str) -> str:
-    """A method (a built-in, an installed entry point, or module:Class) or a variant of one (ntng.variants), by
+    """A method (a built-in, an installed entry point, or module:Class) or a variant of one (ntng.training.variants), by
     its canonical name."""
-    from .variants import canonical_method
+    from ntng.training.variants import canonical_method
 
     return canonical_method(text)
 
@@ -235,7 +235,7 @@ def build_parser() -> OneLineParser:
 
 
 def cmd_data(args) -> int:
-    from . import data
+    from ntng.data import corpus as data
 
     manifest = data.build_data(args.data_dir, presets=data.presets_for_cli(args.preset), corpus=args.corpus,
                                c4_source=args.c4_source, c4_docs=args.c4_docs, log=lambda m: print(f"ntng data: {m}"))
@@ -255,8 +255,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibration import calibrate
-    from .train import check_writable
+    from ntng.training.calibration import calibrate
+    from ntng.training.loop import check_writable
 
     out = args.out or Path(f"rst-{args.preset}-{args.model}.json")
     check_writable(out, is_file=True)
@@ -265,8 +265,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .train import pretrain
-    from .variants import with_settings
+    from ntng.training.loop import pretrain
+    from ntng.training.variants import with_settings
 
     method = with_settings(args.method, args.settings)
     summary = pretrain(model=args.model, method=method, budget=args.budget, preset=args.preset,
@@ -280,7 +280,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .downstream import check_tasks, finetune, results_table
+    from ntng.experiments.downstream import check_tasks, finetune, results_table
 
     check_tasks(args.task)  # an unknown name is refused before the run is even opened
     results = finetune(args.run, tasks=args.task, log=lambda m: print(f"ntng finetune: {m}", flush=True))
@@ -295,8 +295,8 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .grid import format_table, sweep
-    from .variants import expand_settings
+    from ntng.experiments.grid import format_table, sweep
+    from ntng.training.variants import expand_settings
 
     common = dict(preset=args.preset, budgets=args.budgets, seeds=args.seeds, executor=args.executor,
                   ray_address=args.ray_address, jobs=args.jobs, results=args.results,
@@ -320,7 +320,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .comparison import compare, format_comparison, parse_claim
+    from ntng.book.comparison import compare, format_comparison, parse_claim
 
     parse_claim(args.claim)  # a bad claim is refused before anything runs
     result = compare(args.method, models=args.models, budgets=args.budgets,
@@ -333,7 +333,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tuning import format_tuning, tune
+    from ntng.experiments.tuning import format_tuning, tune
 
     rows = tune(preset=args.preset, models=args.models, methods=args.methods, budget=args.budget, seed=args.seed,
                 results=args.results, jobs=args.jobs, keys=args.keys, log=lambda m: print(f"ntng tune: {m}", flush=True))
@@ -343,7 +343,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .probe import format_rows, probe
+    from ntng.experiments.probe import format_rows, probe
 
     rows = probe(models=args.models, shapes=args.shapes, batches=args.batches,
                  lrs={"bert": args.bert_lrs, "t5": args.t5_lrs}, budget=args.budget, results=args.results,
@@ -353,7 +353,7 @@ def cmd_probe(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from .book import build_book
+    from ntng.book.build import build_book
 
     index = build_book(preset=args.preset, results=args.results, out_dir=args.out, run_grid=not args.records_only,
                        log=lambda m: print(f"ntng book: {m}", flush=True))

@@ -63,7 +63,7 @@ class Recipe:
     grad_clip: float  # max global gradient norm
     schedule: str  # "one_cycle" (BERT) or "cosine_budget" (T5); both decay fully at the end of the budget
     # validation windows evaluated at every eval point (evaluation costs no RST): None = the whole validation split,
-    # else that many spread evenly over it (ntng.evaluation), never a prefix (the split is packed source by source)
+    # else that many spread evenly over it (ntng.training.evaluation), never a prefix (the split is packed source by source)
     eval_sequences: int | None
     eval_points: int = 10  # evaluations at k/eval_points of the budget, k = 1..eval_points, plus one at the start
     checkpoint_every: float = 0.1  # budget fraction between checkpoints: a kill loses at most this share
@@ -81,13 +81,13 @@ PAPER_RECIPES = {"bert": BERT_PAPER_RECIPE, "t5": T5_PAPER_RECIPE}
 def paper_peak_ratio(recipe: Recipe, model: str) -> float:
     """`recipe`'s peak over the paper's baseline peak for `model`: a method's own peak (Lion's, Sophia's...) is the
     paper's times this, keeping the paper's ratio to the baseline's where a preset moves the baseline's peak, the
-    centre a tuning grid starts from (ntng.tuning)."""
+    centre a tuning grid starts from (ntng.experiments.tuning)."""
     return recipe.lr / PAPER_RECIPES[model].lr
 
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
-    """Downstream fine-tuning (ntng.downstream), scaled per preset. The paper's GLUE recipe: AdamW lr 4e-5, batch
+    """Downstream fine-tuning (ntng.experiments.downstream), scaled per preset. The paper's GLUE recipe: AdamW lr 4e-5, batch
     16, 5 epochs, best epoch on dev (SuperGLUE: lr 5e-5, 10 epochs; applied as x1.25 lr, x2 epochs). Its cost is
     wall time, reported but never charged to the RST budget, as in the paper."""
 

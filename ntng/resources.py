@@ -17,7 +17,7 @@ def project_root() -> Path:
         return CHECKOUT
     if (PACKAGE_DATA / "_config.yml").is_file():
         return PACKAGE_DATA
-    return CHECKOUT  # neither: ntng.book.check_sources names what is missing
+    return CHECKOUT  # neither: ntng.book.build.check_sources names what is missing
 
 
 def notebook(name: str) -> Path:

@@ -58,7 +58,7 @@ def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
 
 def write_fixture_tarballs(raw_dir: Path, seed: int = 0) -> None:
     """Three small tarballs with the pinned packages' file layout and formats."""
-    from ntng import sources as src
+    from ntng.data import sources as src
 
     rng = random.Random(seed)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -102,14 +102,14 @@ def write_fixture_tarballs(raw_dir: Path, seed: int = 0) -> None:
 
 
 def fixture_sources(raw_dir: Path):
-    from ntng import sources as src
+    from ntng.data import sources as src
 
     return tuple(dataclasses.replace(s, integrity=src.sri_sha512(raw_dir / s.filename)) for s in src.SOURCES)
 
 
 def prepare_fixture_data(data_dir: Path, monkeypatch) -> Path:
     """Fixture tarballs in data_dir/raw (where `ntng data` keeps verified downloads), pins pointing at them."""
-    from ntng import sources as src
+    from ntng.data import sources as src
 
     write_fixture_tarballs(data_dir / "raw")
     pins = fixture_sources(data_dir / "raw")
@@ -128,7 +128,7 @@ def fixture_env(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def built_fixture(tmp_path_factory):
     """One fixture build shared by read-only tests (building takes a few seconds)."""
-    from ntng import data
+    from ntng.data import corpus as data
 
     mp = pytest.MonkeyPatch()
     data_dir = prepare_fixture_data(tmp_path_factory.mktemp("built") / "data", mp)

@@ -68,7 +68,7 @@ class Impostor(Method):
 
 
 class PlainSGD(Method):
-    """An optimizer no RST table prices: its step is charged an estimate (ntng.pricing)."""
+    """An optimizer no RST table prices: its step is charged an estimate (ntng.training.pricing)."""
 
     name = "plain_sgd"
     family = "optimizers"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from ntng.records import METRIC_COLUMNS
+from ntng.training.records import METRIC_COLUMNS
 
 PRESET = "smoke"
 BUDGETS = {"5s": 5.0, "10s": 10.0, "20s": 20.0}
@@ -75,7 +75,7 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
     run_dir = root / PRESET / model / method / budget / f"seed{seed}"
     run_dir.mkdir(parents=True)
     final = final_loss(method, budget_s, seed)
-    base = method.split("+", 1)[0]  # a variant (ntng.variants) records its method and its own name
+    base = method.split("+", 1)[0]  # a variant (ntng.training.variants) records its method and its own name
     points = curve(budget_s, final)
     steps = 20
     if status != "complete":
@@ -122,7 +122,7 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
 
 
 def write_tutorial(path: Path) -> None:
-    """An executed tutorial notebook, as `ntng book` leaves it (ntng.book.run_tutorial)."""
+    """An executed tutorial notebook, as `ntng book` leaves it (ntng.book.build.run_tutorial)."""
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Your own method: is it faster under a fair budget?"),
         nbformat.v4.new_code_cell("print(format_comparison(result))", execution_count=1, outputs=[
@@ -143,10 +143,10 @@ def write_finetune(run_dir: Path, task: str, score: float, floor: float) -> None
         "preset": PRESET, "budget": parts[-2], "seed": int(parts[-1][4:])}))
 
 
-# the scale probe (ntng.probe): (model, layers, width, batch, lr) -> final loss, 60 s of RST each
+# the scale probe (ntng.experiments.probe): (model, layers, width, batch, lr) -> final loss, 60 s of RST each
 PROBE = {("bert", 4, 64, 16, 0.002): 6.31, ("bert", 4, 64, 16, 0.004): 6.12, ("bert", 8, 64, 32, 0.004): 6.27,
          ("t5", 4, 64, 16, 0.02): 5.55, ("t5", 4, 64, 16, 0.04): 5.61}
-# a tuning plan (ntng.tuning) at PRESET: bert lion's lr at three values, at the smallest budget, seed 0
+# a tuning plan (ntng.experiments.tuning) at PRESET: bert lion's lr at three values, at the smallest budget, seed 0
 TUNING_LOSSES = {"lion+lr=0.0007": 6.20, "lion+lr=0.00035": 6.05, "lion+lr=0.0014": 6.40}
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ntng.batches import make_collator
+from ntng.data.batches import make_collator
 from ntng.methods import paper_methods
-from ntng.models import build_model
+from ntng.models.pretraining import build_model
 from ntng.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]

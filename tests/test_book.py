@@ -14,7 +14,7 @@ import synthetic_results as syn
 import yaml
 from headless_chromium import Browser, find_chromium
 
-from ntng.book import build_book
+from ntng.book.build import build_book
 
 # every <img> settled (loaded or failed), then naturalWidth per image
 IMAGES_JS = """(async () => {
@@ -164,7 +164,7 @@ def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds
     assert "Other methods: warm start" in text and "frozen embeddings" in text
     browser.open((book["index"].parent / "book" / "departures.html").as_uri())
     text = browser.evaluate(TEXT_JS)
-    from ntng.departures import DEPARTURES
+    from ntng.book.departures import DEPARTURES
     assert all(d.what.replace("'", "\u2019") in text for d in DEPARTURES)  # MyST's typographic apostrophes
 
 
@@ -211,7 +211,7 @@ def test_a_family_without_runs_says_so(tmp_path):
 def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, monkeypatch):
     import os
 
-    from ntng import grid
+    from ntng.experiments import grid
 
     calls = []
 
@@ -232,11 +232,11 @@ def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, mon
 
 
 def test_the_book_can_be_built_from_the_records_alone(monkeypatch, tmp_path):
-    import ntng.book
+    import ntng.book.build
     from ntng import cli
 
     calls = []
-    monkeypatch.setattr(ntng.book, "build_book", lambda **kw: calls.append(kw) or tmp_path / "index.html")
+    monkeypatch.setattr(ntng.book.build, "build_book", lambda **kw: calls.append(kw) or tmp_path / "index.html")
     assert cli.main(["book", "--preset", "cpu", "--records-only", "--results", str(tmp_path)]) == 0
     assert cli.main(["book", "--preset", "cpu", "--results", str(tmp_path)]) == 0
     assert [c["run_grid"] for c in calls] == [False, True] and calls[0]["preset"] == "cpu"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ntng import calibration as cal
-from ntng import cli, rst
+from ntng import cli
+from ntng.training import calibration as cal
+from ntng.training import rst
 
 
 def test_fit_is_exact_on_linear_data_and_monotone_on_noise():

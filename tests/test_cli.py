@@ -82,7 +82,7 @@ def test_data_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 
 
 def test_runtime_failure_exits_1_with_one_line(fixture_env, capsys, monkeypatch):
-    from ntng import sources as src
+    from ntng.data import sources as src
 
     (fixture_env / "raw" / src.NLP_CORPUS.filename).unlink()
     monkeypatch.setattr("shutil.which", lambda name: None)  # no npm on this machine

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ntng.collate import (
+from ntng.data.collate import (
     BertMLMCollator,
     T5SpanCollator,
     compute_t5_lengths,
@@ -12,8 +12,8 @@ from ntng.collate import (
     random_spans_noise_mask,
     random_spans_noise_masks,
 )
+from ntng.data.vocab import BERT_CLS, BERT_MASK, BERT_PAD, BERT_SEP, N_SENTINELS, T5_EOS, T5_PAD, sentinel_id
 from ntng.errors import UsageError
-from ntng.vocab import BERT_CLS, BERT_MASK, BERT_PAD, BERT_SEP, N_SENTINELS, T5_EOS, T5_PAD, sentinel_id
 
 BERT_VOCAB = 8192
 T5_VOCAB = 512

@@ -8,8 +8,8 @@ import math
 import pytest
 import synthetic_results as syn
 
-from ntng import comparison as cmp
-from ntng import report
+from ntng.book import comparison as cmp
+from ntng.book import report
 from ntng.errors import UsageError
 
 
@@ -81,7 +81,7 @@ def test_a_twice_as_fast_method_supports_a_2x_claim():
 
 
 def test_compare_reads_the_records_and_prints_one_table_per_model(synthetic, monkeypatch):
-    from ntng import grid
+    from ntng.experiments import grid
 
     root, _ = synthetic
     monkeypatch.setattr(grid, "sweep", lambda **kwargs: [])  # every run is there already
@@ -115,7 +115,7 @@ def test_the_tutorial_notebook_runs_its_method_against_the_baseline(built_fixtur
     import subprocess
     import sys
 
-    from ntng.book import ROOT, TUTORIAL
+    from ntng.book.build import ROOT, TUTORIAL
 
     params = {"preset": "tiny", "budgets": "1s", "seeds": "0,1", "results": str(tmp_path / "results"),
               "data_dir": str(built_fixture[0])}
@@ -135,16 +135,16 @@ def test_the_tutorial_notebook_runs_its_method_against_the_baseline(built_fixtur
 def test_a_cell_the_sweep_failed_is_left_out_of_the_verdict(tmp_path, monkeypatch):
     """A run made before a tuned default changed stays on disk, complete, but the sweep fails its cell: the
     comparison counts only the other seed."""
-    import ntng.grid
+    import ntng.experiments.grid
 
     syn.write_results(tmp_path)
     stale = tmp_path / syn.PRESET / "bert" / "lion" / "5s" / "seed1"
-    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: [
+    monkeypatch.setattr(ntng.experiments.grid, "sweep", lambda **kw: [
         {"status": "failed", "run_dir": str(stale), "error": "made with other settings"}])
     out = cmp.compare("lion", models=["bert"], budgets=["5s"], seeds=[0, 1], preset=syn.PRESET, results=tmp_path)
     (row,) = out.results
     assert row.seeds == 1
-    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: [])
+    monkeypatch.setattr(ntng.experiments.grid, "sweep", lambda **kw: [])
     (row,) = cmp.compare("lion", models=["bert"], budgets=["5s"], seeds=[0, 1], preset=syn.PRESET,
                          results=tmp_path).results
     assert row.seeds == 2

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ntng import data, vocab
-from ntng import sources as src
+from ntng.data import corpus as data
+from ntng.data import sources as src
+from ntng.data import vocab
 from ntng.errors import RunError, UsageError
 
 from conftest import TINY_VOCAB, paragraph

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 
-from ntng import train
 from ntng.errors import UsageError
 from ntng.methods import build_method
 from ntng.methods.base import Run
@@ -20,10 +19,11 @@ from ntng.methods.layer_dropping import (
     sample_active_layers,
 )
 from ntng.methods.layer_stacking import LayerStacking, stacking_depth
-from ntng.models import build_model
-from ntng.optim import build_optimizer
+from ntng.models.pretraining import build_model
 from ntng.presets import PRESETS, get_preset
-from ntng.rst import RSTClock, shipped_table
+from ntng.training import loop as train
+from ntng.training.optim import build_optimizer
+from ntng.training.rst import RSTClock, shipped_table
 
 SMOKE = PRESETS["smoke"]
 

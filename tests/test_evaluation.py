@@ -1,4 +1,4 @@
-"""The evaluation set (ntng.evaluation): which validation windows, the floor on exactly their targets, the loss as a
+"""The evaluation set (ntng.training.evaluation): which validation windows, the floor on exactly their targets, the loss as a
 mean over every target, and a run evaluated otherwise counted stale."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ntng import train
-from ntng.evaluation import eval_window_indices, mean_loss, target_floor_losses, unigram_log_probs
-from ntng.grid import stale_settings
+from ntng.experiments.grid import stale_settings
 from ntng.presets import PRESETS
+from ntng.training import loop as train
+from ntng.training.evaluation import eval_window_indices, mean_loss, target_floor_losses, unigram_log_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from ntng.errors import UsageError
-from ntng.grid import check_methods, plan_ablations
+from ntng.experiments.grid import check_methods, plan_ablations
 from ntng.methods import build_method, paper_ablations
 from ntng.presets import PRESETS, middle_budget
-from ntng.variants import describe, parse_variant, variant_name
+from ntng.training.variants import describe, parse_variant, variant_name
 
 ABLATIONS = paper_ablations()
 
@@ -43,7 +43,7 @@ def test_t5_layer_dropping_runs_at_its_own_peak_lr():
     """C.2: T5 layer dropping at lr 1e-2 (not the baseline's 2e-2); BERT's stays at the baseline's 1e-3."""
     import torch
 
-    from ntng.models import build_model
+    from ntng.models.pretraining import build_model
 
     assert settings("layer_dropping", "t5")["lr"] == 1e-2
     assert settings("layer_dropping", "bert")["lr"] == 1e-3
@@ -98,7 +98,7 @@ def test_the_ablations_run_at_the_middle_budget_on_bert(tmp_path):
 
 
 def test_a_variant_resolves_to_its_method_flags_and_run_directory(built_fixture, tmp_path, monkeypatch):
-    from ntng.train import resolve
+    from ntng.training.loop import resolve
 
     data_dir, _ = built_fixture
     monkeypatch.chdir(tmp_path)
@@ -138,8 +138,8 @@ def test_a_variant_trains_and_records_itself(built_fixture, tmp_path):
 
 
 def test_departures_page_lists_each_departure_with_its_figures_computed():
-    from ntng import departures
-    from ntng.rst import shipped_table
+    from ntng.book import departures
+    from ntng.training.rst import shipped_table
 
     text = departures.departures_markdown()
     for item in departures.DEPARTURES:
@@ -157,7 +157,7 @@ def test_departures_page_lists_each_departure_with_its_figures_computed():
 
 
 def test_sweep_adds_the_ablations_at_the_middle_budget(built_fixture, tmp_path, monkeypatch):
-    from ntng import grid
+    from ntng.experiments import grid
 
     started = []
 
@@ -180,7 +180,7 @@ def test_sweep_adds_the_ablations_at_the_middle_budget(built_fixture, tmp_path, 
 def test_a_variant_cell_runs_through_papermill(built_fixture, tmp_path, monkeypatch):
     import json
 
-    from ntng import grid
+    from ntng.experiments import grid
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     (row,) = grid.sweep(preset="tiny", models=["bert"], methods=["sophia+free_hessian"], budgets=["2s"], seeds=[0],

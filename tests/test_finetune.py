@@ -1,4 +1,4 @@
-"""Fine-tuning (ntng.downstream) on the fixture tasks, with tiny pre-training runs; metrics on hand-computed cases."""
+"""Fine-tuning (ntng.experiments.downstream) on the fixture tasks, with tiny pre-training runs; metrics on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntng import cli, downstream, metrics, train
+from ntng import cli
 from ntng.errors import UsageError
+from ntng.experiments import downstream, metrics
 from ntng.presets import get_preset
+from ntng.training import loop as train
 
 RECIPE = {"epochs": 2, "batch_size": 8}  # the fixture tasks hold a few dozen examples each
 
@@ -78,7 +80,7 @@ def test_warmup_then_linear_decay_schedule():
 # --- the pre-trained model --------------------------------------------------------------------------------
 
 def test_the_checkpoint_is_loaded_at_the_depth_it_ended_with(runs):
-    from ntng.models import build_model
+    from ntng.models.pretraining import build_model
     from ntng.presets import get_preset
 
     for depth in (1, 3):  # layer stacking / dropping leave the state with this many blocks

@@ -1,4 +1,4 @@
-"""Context-free loss floors (ntng.floors), by hand on tiny token counts, and as `ntng data` stores them."""
+"""Context-free loss floors (ntng.data.floors), by hand on tiny token counts, and as `ntng data` stores them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ntng.floors import context_free_floor, unigram_cross_entropy
+from ntng.data.floors import context_free_floor, unigram_cross_entropy
 from ntng.presets import PRESETS
 
 
@@ -35,8 +35,8 @@ def test_t5_floor_counts_only_the_span_tokens():
 def test_ntng_data_stores_the_floor_and_runs_record_it(built_fixture, tmp_path):
     import json
 
-    from ntng import data
-    from ntng.train import pretrain
+    from ntng.data import corpus as data
+    from ntng.training.loop import pretrain
 
     data_dir, manifest = built_fixture
     packed = manifest["corpora"]["offline"]["packed"]

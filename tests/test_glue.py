@@ -8,8 +8,10 @@ import shutil
 import pytest
 import torch
 
-from ntng import downstream, glue, train
+from ntng.data import glue
 from ntng.errors import RunError, UsageError
+from ntng.experiments import downstream
+from ntng.training import loop as train
 
 ROWS = {  # (dataset, config, split) -> rows, in the hub's column names
     ("nyu-mll/glue", "cola", "train"): [{"sentence": f"the whale was {w} .", "label": k % 2, "idx": k}
@@ -156,7 +158,7 @@ def test_stsb_for_t5_is_rank_classification_over_rounded_scores(runs):
 
 
 def test_label_words_that_tokenize_alike_are_refused(built_fixture):
-    from ntng import data
+    from ntng.data import corpus as data
 
     tokenizer = data.load_tokenizer("t5", 400, built_fixture[0])
     task = glue.TaskData(name="stsb", suite="glue", metric="pearson", labels=None, train_texts=[("a", "b")],

@@ -26,9 +26,9 @@ def test_the_book_builds_from_a_wheel_outside_the_checkout(tmp_path):
         assert shipped in names, shipped
     project = tmp_path / "project"
     syn.write_results(project / "results")
-    script = ("import ntng, ntng.book, pathlib; "
+    script = ("import ntng, ntng.book.build, pathlib; "
               f"assert pathlib.Path(ntng.__file__).is_relative_to({str(site)!r}), ntng.__file__; "
-              "print(ntng.book.build_book(preset='smoke', results='results', run_grid=False, log=lambda m: None))")
+              "print(ntng.build_book(preset='smoke', results='results', run_grid=False, log=lambda m: None))")
     proc = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
                                "HOME": str(tmp_path)})

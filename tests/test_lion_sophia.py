@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntng import rst, train
 from ntng.errors import UsageError
 from ntng.methods import build_method
 from ntng.methods.sophia import hessian_due, sampled_label_loss, tokens_per_batch
-from ntng.optim import Lion, SophiaG
 from ntng.presets import PRESETS, get_preset
+from ntng.training import loop as train
+from ntng.training import rst
+from ntng.training.optim import Lion, SophiaG
 
 # the optimizer steps' prices in the test tables: distinct, so the breakdown shows which one was charged
 LION_STEP, SOPHIA_STEP = 0.0071, 0.0093
@@ -134,7 +135,7 @@ def test_free_hessian_costs_nothing_and_buys_more_steps(built_fixture, tmp_path)
 
 def test_a_table_without_the_optimizer_charges_an_estimate(built_fixture, tmp_path):
     """Not refused (a user's table may predate a method): the step is priced at the table's AdamW step times the
-    ratio measured here, and the summary says it was an estimate (ntng.pricing)."""
+    ratio measured here, and the summary says it was an estimate (ntng.training.pricing)."""
     raw = json.loads(rst.shipped_table_path("smoke", "bert").read_text())
     raw["units"]["optimizer"].pop("lion")
     raw["name"] = "no-lion"
@@ -183,7 +184,7 @@ def test_settings_are_validated_when_the_method_is_built(method):
 
 def test_method_optimizers_use_the_decay_groups_and_the_recipe():
     torch.manual_seed(0)
-    from ntng.models import build_model
+    from ntng.models.pretraining import build_model
 
     preset = PRESETS["smoke"]
     bert = build_model("bert", preset, vocab_size=512)
@@ -220,7 +221,7 @@ def test_sampled_label_loss_draws_labels_from_the_model():
 
 @pytest.mark.parametrize("model", ["bert", "t5"])
 def test_calibration_prices_every_optimizer_step_and_the_loop_accepts_it(built_fixture, tmp_path, model):
-    from ntng.calibration import calibrate
+    from ntng.training.calibration import calibrate
 
     out = tmp_path / "table.json"
     raw = calibrate("tiny", model, out=out, repeats=1, warmup=1, log=lambda m: None)
@@ -238,11 +239,11 @@ def test_calibration_prices_every_optimizer_step_and_the_loop_accepts_it(built_f
 def test_a_hessian_estimate_costs_the_papers_share_of_a_batch_of_one_micro_batch():
     """The paper's BERT estimate takes 768 of 1536 sequences every 10 steps (5% of the training passes). At `cpu` a
     batch is one micro-batch of 16, so the estimate is 8 sequences charged half a micro-batch, not a whole one."""
-    from ntng.batches import BatchStream, make_collator
+    from ntng.data.batches import BatchStream, make_collator
     from ntng.methods.base import Run
     from ntng.methods.sophia import hessian_pass
-    from ntng.models import build_model
-    from ntng.rst import RSTClock, RSTTable
+    from ntng.models.pretraining import build_model
+    from ntng.training.rst import RSTClock, RSTTable
 
     cpu = PRESETS["cpu"]
     sophia = build_method("sophia", "bert", cpu)

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from ntng.collate import BertMLMCollator, T5SpanCollator
+from ntng.data.collate import BertMLMCollator, T5SpanCollator
+from ntng.data.vocab import BERT_CLS, BERT_SEP, N_SENTINELS, T5_DECODER_START, T5_EOS, T5_PAD
 from ntng.errors import UsageError
-from ntng.models import (
+from ntng.models.pretraining import (
     BertMLM,
     T5SpanModel,
     build_model,
@@ -18,7 +19,6 @@ from ntng.models import (
     stack_blocks,
 )
 from ntng.presets import PRESETS
-from ntng.vocab import BERT_CLS, BERT_SEP, N_SENTINELS, T5_DECODER_START, T5_EOS, T5_PAD
 
 SMOKE = PRESETS["smoke"]
 VOCAB = 512

@@ -10,13 +10,13 @@ from torch import nn
 from ntng.errors import UsageError
 from ntng.methods import build_method, find_method, studied_methods
 from ntng.presets import PRESETS
-from ntng.train import pretrain
+from ntng.training.loop import pretrain
 
 SMOKE = PRESETS["smoke"]
 
 
 def model_of(name: str):
-    from ntng.models import build_model
+    from ntng.models.pretraining import build_model
 
     torch.manual_seed(0)
     return build_model(name, SMOKE, vocab_size=512)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ntng.models import build_model
-from ntng.optim import AdamWScale, build_optimizer, decay_groups
+from ntng.models.pretraining import build_model
 from ntng.presets import PRESETS
+from ntng.training.optim import AdamWScale, build_optimizer, decay_groups
 
 SMOKE = PRESETS["smoke"]
 

@@ -17,11 +17,11 @@ from lion_pytorch import Lion as OracleLion
 from sophia_opt import SophiaG as OracleSophiaG
 from torch import nn
 
-from ntng.batches import make_collator
+from ntng.data.batches import make_collator
 from ntng.methods.sophia import sampled_label_loss
-from ntng.models import build_model
-from ntng.optim import Lion, SophiaG, decay_groups
+from ntng.models.pretraining import build_model
 from ntng.presets import PRESETS
+from ntng.training.optim import Lion, SophiaG, decay_groups
 
 STEPS = 60
 TOL = 1e-6

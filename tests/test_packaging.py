@@ -64,6 +64,17 @@ def test_the_readmes_results_are_what_the_committed_records_give():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_the_wings_import_only_the_wings_before_them():
+    """data -> models -> training (+ methods) -> experiments -> book, the CLI on top (tools/import_graph.py)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "import_graph.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "book         -> " in proc.stdout and "data         -> book" not in proc.stdout
+
+
 def test_ci_runs_make_test_and_treats_no_tests_as_failure():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci

@@ -13,7 +13,7 @@ import pytest
 
 from ntng.errors import UsageError
 from ntng.methods import BUILTINS, find_method, method_names
-from ntng.train import pretrain
+from ntng.training.loop import pretrain
 
 TESTS = Path(__file__).parent
 
@@ -70,7 +70,7 @@ def test_extra_passes_through_the_helper_are_charged(built_fixture, tmp_path):
                     out_dir=tmp_path / "base", log=lambda m: None)
     extra = pretrain(model="bert", method="plugin_methods:ExtraForward", budget="2s", preset="tiny",
                      data_dir=data_dir, out_dir=tmp_path / "extra", log=lambda m: None)
-    from ntng.rst import shipped_table
+    from ntng.training.rst import shipped_table
 
     table = shipped_table("smoke", "bert")
     assert extra["rst_units"]["scoring"] == extra["steps"]
@@ -94,7 +94,7 @@ def test_a_plugin_found_by_entry_point(monkeypatch):
 def test_a_plugin_runs_in_the_grid(built_fixture, tmp_path, monkeypatch, executor):
     if executor == "ray":
         pytest.importorskip("ray")
-    from ntng import grid
+    from ntng.experiments import grid
 
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -112,8 +112,8 @@ def test_an_unpriced_optimizer_is_charged_an_estimate_measured_once(built_fixtur
     the data, so a second run pays exactly the same."""
     import shutil
 
-    from ntng.pricing import cache_path
-    from ntng.rst import shipped_table
+    from ntng.training.pricing import cache_path
+    from ntng.training.rst import shipped_table
 
     data_dir = tmp_path / "data"
     shutil.copytree(built_fixture[0], data_dir)  # its own cache of estimates

@@ -162,9 +162,10 @@ def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(args):
 def test_corrupt_records_give_errors_naming_the_file(built_fixture, tmp_path):
     import pytest
 
-    from ntng import read_metrics, train
+    from ntng import read_metrics
     from ntng.errors import RunError, UsageError
-    from ntng.records import RunDir
+    from ntng.training import loop as train
+    from ntng.training.records import RunDir
 
     data_dir, _ = built_fixture
     run = tmp_path / "run"
@@ -197,7 +198,7 @@ def test_a_sweep_with_a_failure_a_divergence_and_a_killed_cell_reports_each(buil
                                                                             capsys):
     """`faulty`: two BERT blocks (layer stacking needs a multiple of 4: that cell fails) and Lion at lr 1e6 (that
     cell diverges); the baseline's cell is killed with its whole sweep mid-run, then the sweep is run again."""
-    from ntng.records import RunDir
+    from ntng.training.records import RunDir
 
     from conftest import TINY_PRESET
 

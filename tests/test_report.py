@@ -1,4 +1,4 @@
-"""ntng.report: reading run records (damaged ones listed, never raised) and the aggregations, against numbers
+"""ntng.book.report: reading run records (damaged ones listed, never raised) and the aggregations, against numbers
 computed by hand."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import synthetic_results as syn
 
-from ntng import report
+from ntng.book import report
 
 
 def test_rst_to_reach_hand_computed_curves():

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntng.errors import UsageError
-from ntng.rst import KINDS, RSTClock, load_table, shipped_table, shipped_table_path, table_from_dict
+from ntng.training.rst import KINDS, RSTClock, load_table, shipped_table, shipped_table_path, table_from_dict
 
 # The facts, typed in from the paper and its official code (not read from the package's files).
 PAPER_BERT_TRAIN = (.02521, .03837, .05177, .06508, .07847, .09188, .1052, .1186,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntng.collate import BertMLMCollator
+from ntng.data.collate import BertMLMCollator
 from ntng.methods.base import Run
-from ntng.models import build_model
+from ntng.models.pretraining import build_model
 from ntng.presets import PRESETS
-from ntng.rst import RSTClock, RSTTable
+from ntng.training.rst import RSTClock, RSTTable
 
 SMOKE = PRESETS["smoke"]
 # a table written by hand: train l layers = l seconds, forward l layers = l / 10, so charges read off directly

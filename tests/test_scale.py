@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import synthetic_results as syn
 
-from ntng import probe, scale_report, tuning
+from ntng.book import scale_report
 from ntng.errors import UsageError
+from ntng.experiments import probe, tuning
 from ntng.methods import build_method
 from ntng.presets import BERT_PAPER_RECIPE, T5_PAPER_RECIPE, get_preset, load_custom_presets, parse_budget
-from ntng.variants import canonical_method, parse_variant
+from ntng.training.variants import canonical_method, parse_variant
 
 
 def test_shapes_are_parsed_and_refused_in_one_line():
@@ -92,7 +93,7 @@ def test_a_tiny_probe_runs_and_continues_where_it_stopped(tmp_path, built_fixtur
 
 
 def test_a_probe_table_ships_as_a_presets_table_unchanged_but_for_its_label(tmp_path):
-    from ntng.rst import load_table
+    from ntng.training.rst import load_table
 
     src = tmp_path / "t.json"
     raw = json.loads((Path(__file__).resolve().parent.parent / "ntng" / "tables" / "cpu-bert.json").read_text())
@@ -179,10 +180,10 @@ def test_tuning_rows_choose_the_lowest_complete_loss(tmp_path):
 
 
 def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
-    import ntng.grid
+    import ntng.experiments.grid
 
     calls = []
-    monkeypatch.setattr(ntng.grid, "sweep", lambda **kw: calls.append(kw) or [])
+    monkeypatch.setattr(ntng.experiments.grid, "sweep", lambda **kw: calls.append(kw) or [])
     syn.write_tuning(tmp_path)
     tuning.tune(syn.PRESET, results=tmp_path / "tuning", jobs=2, log=lambda m: None)
     # the plan on disk (lion), not a new one made from today's defaults; its chosen 0.00035 is the smallest value
@@ -253,12 +254,12 @@ def test_the_edge_is_followed_at_most_twice_and_stops_when_the_edge_loses(tmp_pa
 
 
 def test_a_tuning_refused_before_it_ran_leaves_no_plan(tmp_path, monkeypatch):
-    import ntng.grid
+    import ntng.experiments.grid
 
     def refuse(**kw):
         raise UsageError("no packed data")
 
-    monkeypatch.setattr(ntng.grid, "sweep", refuse)
+    monkeypatch.setattr(ntng.experiments.grid, "sweep", refuse)
     with pytest.raises(UsageError):
         tuning.tune("smoke", models=["bert"], methods=["lion"], results=tmp_path, log=lambda m: None)
     assert not (tmp_path / "smoke" / "tuning.json").exists()
@@ -270,7 +271,7 @@ def test_the_reference_preset():
     assert budgets[1] == 2 * budgets[0] and budgets[2] == 4 * budgets[0]  # the paper's 1:2:4
     assert cpu.seeds == (0, 1, 2) and cpu.ray_cpus == 1.0
     for model in ("bert", "t5"):
-        from ntng.rst import shipped_table
+        from ntng.training.rst import shipped_table
         table = shipped_table("cpu", model)
         assert "torch_threads=1" in table.machine  # one cell per core
         assert table.micro_batch["sequences"] == cpu.shape(model).micro_batch
@@ -303,7 +304,7 @@ def test_the_reference_presets_defaults_are_what_its_committed_tuning_chose():
 
 
 def test_the_book_rebuilds_its_pages_when_a_probe_or_tuning_record_changes(tmp_path):
-    from ntng.book import records_fingerprint
+    from ntng.book.build import records_fingerprint
 
     before = records_fingerprint(tmp_path, "smoke")
     syn.write_probe(tmp_path)
@@ -322,7 +323,7 @@ def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():
 def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them(tmp_path, built_fixture):
     from dataclasses import replace
 
-    from ntng.train import resolve
+    from ntng.training.loop import resolve
 
     data = built_fixture[0]
     tuned = replace(get_preset("tiny"), method_options={"bert": {"layer_dropping": {"gamma_factor": 50.0}}})

@@ -12,13 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from ntng import rst, train
 from ntng.errors import UsageError
 from ntng.methods import build_method, check_method_class, find_method, studied_methods
 from ntng.methods.schedule_free import AdamWScheduleFree, ScheduleFreeAdamW
-from ntng.optim import decay_groups
 from ntng.presets import PRESETS, get_preset
-from ntng.records import RunDir
+from ntng.training import loop as train
+from ntng.training import rst
+from ntng.training.optim import decay_groups
+from ntng.training.records import RunDir
 
 SMOKE = PRESETS["smoke"]
 STEP_PRICE = 0.0077  # the test table's price of a Schedule-Free step: its own, so the breakdown shows it was charged
@@ -181,7 +182,7 @@ def test_bad_settings_are_refused_with_one_line(bad):
 # --- in the loop -----------------------------------------------------------------------------------------------
 
 def priced_table(tmp_path: Path, model: str) -> Path:
-    """The shipped smoke table with a price for the Schedule-Free step (else it is measured: ntng.pricing)."""
+    """The shipped smoke table with a price for the Schedule-Free step (else it is measured: ntng.training.pricing)."""
     raw = json.loads(rst.shipped_table_path("smoke", model).read_text())
     raw["units"]["optimizer"]["schedule_free"] = STEP_PRICE
     raw["name"] = f"smoke-{model}-with-schedule-free"

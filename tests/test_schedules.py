@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntng.schedules import SCHEDULES, cosine_budget, one_cycle
+from ntng.training.schedules import SCHEDULES, cosine_budget, one_cycle
 
 END = 1e-5
 TOL = 1e-12  # monotonicity is checked up to rounding of the last bit or so

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntng import train
+from ntng.data.splits import RHO_HOLDOUT_FRACTION, in_holdout, select_split
 from ntng.errors import RunError, UsageError
 from ntng.methods import Run, build_method
 from ntng.methods.irreducible import IL_MASK_SEED, compute_il_losses, ensure_il_losses, lookup_il_losses
@@ -20,10 +20,10 @@ from ntng.methods.selective_backprop import (
     percentile_ranks,
     sample_kept,
 )
-from ntng.models import build_model
+from ntng.models.pretraining import build_model
 from ntng.presets import get_preset
-from ntng.rst import RSTClock, shipped_table
-from ntng.splits import RHO_HOLDOUT_FRACTION, in_holdout, select_split
+from ntng.training import loop as train
+from ntng.training.rst import RSTClock, shipped_table
 
 
 def pretrain(built, tmp_path, name, **kwargs):
@@ -260,8 +260,8 @@ def test_il_losses_line_up_with_ids_after_a_reshuffle(il_model, built_fixture):
                          method_options={"il_budget_s": 2.0})
     ids, losses, info = ensure_il_losses(spec, 2.0, 0, train.pretrain, log=lambda m: None)
     assert info["reused"] is True and np.all(ids[1:] > ids[:-1])
-    from ntng import data as data_mod
-    from ntng.batches import make_collator
+    from ntng.data import corpus as data_mod
+    from ntng.data.batches import make_collator
 
     packed = data_mod.load_packed("bert", spec.preset, data_dir)
     main_ids, main_windows = select_split(*data_mod.windows_array(packed["train"]), "rho_main")
@@ -311,8 +311,8 @@ def test_baseline_on_the_rho_split_and_split_mismatches(built_fixture, tmp_path)
 
 
 def test_narrowing_masked_positions_unmasks_the_dropped_ones():
-    from ntng.batches import concat_batches
-    from ntng.collate import BertMLMCollator, narrow_masked_positions
+    from ntng.data.batches import concat_batches
+    from ntng.data.collate import BertMLMCollator, narrow_masked_positions
 
     windows = torch.randint(5, 300, (6, 40), generator=torch.Generator().manual_seed(0))
     windows[:, 0], windows[:, -1] = 2, 3  # [CLS] ... [SEP]

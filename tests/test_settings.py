@@ -12,8 +12,8 @@ import pytest
 
 from ntng.errors import UsageError
 from ntng.methods import build_method
-from ntng.train import pretrain, resolve
-from ntng.variants import expand_settings, with_settings
+from ntng.training.loop import pretrain, resolve
+from ntng.training.variants import expand_settings, with_settings
 
 
 def test_settings_join_the_method_as_a_variant():

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ntng import cli, grid, progress, train
+from ntng import cli
 from ntng.errors import UsageError
+from ntng.experiments import grid
 from ntng.methods import build_method
-from ntng.records import RunDir
+from ntng.training import loop as train
+from ntng.training import progress
+from ntng.training.records import RunDir
 
 from conftest import TINY_PRESET
 

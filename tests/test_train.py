@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntng import rst, schedules, train
 from ntng.errors import RunError, UsageError
-from ntng.records import METRIC_COLUMNS, RunDir
+from ntng.training import loop as train
+from ntng.training import rst, schedules
+from ntng.training.records import METRIC_COLUMNS, RunDir
 
 
 def run(built, tmp_path, name="run", **kwargs):
@@ -96,7 +97,7 @@ def test_a_table_twice_as_slow_gives_half_the_steps(built_fixture, tmp_path):
 
 def test_steps_do_not_depend_on_machine_speed(built_fixture, tmp_path, monkeypatch):
     fast = run(built_fixture, tmp_path, name="fast", budget="2s")
-    from ntng.models import BertMLM
+    from ntng.models.pretraining import BertMLM
 
     original = BertMLM.forward
 
@@ -159,7 +160,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(built_fixture,
 
 
 def test_nan_loss_stops_the_run_as_diverged(built_fixture, tmp_path, monkeypatch):
-    from ntng.models import BertMLM
+    from ntng.models.pretraining import BertMLM
 
     original = BertMLM.forward
     calls = {"n": 0}
@@ -243,7 +244,7 @@ def test_papermill_notebook_writes_a_complete_run_directory(built_fixture, tmp_p
 
 def test_clock_charges_before_each_micro_step(built_fixture, tmp_path, monkeypatch):
     """The counter moves before the work: at the first forward the step's first micro-batch is already paid."""
-    from ntng.models import BertMLM
+    from ntng.models.pretraining import BertMLM
 
     seen = []
     original = BertMLM.forward

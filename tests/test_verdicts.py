@@ -6,8 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from ntng.methods import Claim
-from ntng.verdicts import (
+from ntng.book.verdicts import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
@@ -18,6 +17,7 @@ from ntng.verdicts import (
     paired_cells,
     tuning_seeds,
 )
+from ntng.methods import Claim
 
 M = 60.0  # one minute of RST
 

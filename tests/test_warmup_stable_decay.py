@@ -11,7 +11,7 @@ from ntng.errors import UsageError
 from ntng.methods import build_method, find_method, studied_methods
 from ntng.methods.warmup_stable_decay import wsd_multiplier
 from ntng.presets import PRESETS, get_preset
-from ntng.train import pretrain
+from ntng.training.loop import pretrain
 
 
 def test_the_schedule_by_hand():

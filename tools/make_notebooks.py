@@ -41,7 +41,7 @@ finetune: bool = False  # then fine-tune the complete run on the offline tasks (
 settings: str = ""  # --set for the notebook: KEY=VALUE pairs separated by spaces, e.g. "lr=0.0003 recipe.grad_clip=1"
 '''),
         new_code_cell('''import ntng
-from ntng.variants import with_settings
+from ntng.training.variants import with_settings
 
 summary = ntng.pretrain(model=model, method=with_settings(method, settings.split()), budget=budget, preset=preset,
                         seed=seed, out_dir=out_dir or None, resume=resume, rst_table=rst_table or None,
@@ -172,7 +172,7 @@ class FreezeEmbeddings(Method):
         new_code_cell('''import os
 
 import ntng
-from ntng.comparison import format_comparison
+from ntng.book.comparison import format_comparison
 
 # the grid runs each cell in a kernel of its own: they find my_method.py through PYTHONPATH
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))

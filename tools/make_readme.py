@@ -1,4 +1,4 @@
-"""Write the README's "Results at a glance" from the run records (ntng.verdicts.glance), or check that it is current.
+"""Write the README's "Results at a glance" from the run records (ntng.book.verdicts.glance), or check that it is current.
 
     python tools/make_readme.py            # rewrite the block in README.md
     python tools/make_readme.py --check    # exit 1 if the block is not what the records give
@@ -20,7 +20,7 @@ END = "<!-- end of results at a glance -->"
 
 def render(readme: str, results: Path, preset: str) -> str:
     """`readme` with the block between START and END replaced by the glance over `results/<preset>`."""
-    from ntng.verdicts import glance
+    from ntng.book.verdicts import glance
 
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)

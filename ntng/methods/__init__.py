@@ -1,4 +1,4 @@
-"""Efficient-training methods as plug-ins to the one training loop (`ntng.train`).
+"""Efficient-training methods as plug-ins to the one training loop (`ntng.training.loop`).
 
 Each method is a module with a pure, verb-named functional core and a thin `Method` subclass around it; the loop
 calls the hooks of `ntng.methods.base.Method` and nothing else. A method is found by name (`find_method`):
@@ -18,7 +18,8 @@ import inspect
 import re
 from importlib import metadata
 
-from ..errors import UsageError
+from ntng.errors import UsageError
+
 from .base import Claim, Method, Run
 from .baseline import Baseline
 from .layer_dropping import LayerDropping

@@ -1,7 +1,7 @@
 """The hooks through which a method changes training, and the run state they may touch.
 
 The order in which the loop calls the hooks is described once, in docs/methods.md ("The hooks"); its code is
-`ntng.train.Trainer.train_step`.
+`ntng.training.loop.Trainer.train_step`.
 
 `build_optimizer` chooses the optimizer. A hook that needs an extra pass of the model runs it through
 `run.forward(batch, kind)`, which charges the clock for it (scoring passes at forward cost, Hessian passes at
@@ -22,19 +22,19 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
-from ..optim import build_optimizer
-from ..presets import Preset
+from ntng.errors import UsageError
+from ntng.presets import Preset
+from ntng.training.optim import build_optimizer
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A speed-up claim made about a method, to be held against the records (`ntng.verdicts`). A method lists the
+    """A speed-up claim made about a method, to be held against the records (`ntng.book.verdicts`). A method lists the
     claims its sources make (`Method.claims`); the book states each one's verdict with its evidence."""
 
     text: str  # the claim in words, as its source makes it
     source: str  # where it is made: authors, year, section or figure
-    # the rule it is held to (ntng.verdicts.RULES): "not_better" (no gain), "worse", "better", "not_worse" (matches
+    # the rule it is held to (ntng.book.verdicts.RULES): "not_better" (no gain), "worse", "better", "not_worse" (matches
     # or beats), "gap_closes" (ahead at the smallest budget, level at the largest), "speedup" (as good as what it is
     # held against given `factor` times the budget)
     expects: str
@@ -52,10 +52,10 @@ class Claim:
 class Run:
     """What the hooks may read and change. Owned by the loop."""
 
-    model: Any  # ntng.models.BertMLM | T5SpanModel
+    model: Any  # ntng.models.pretraining.BertMLM | T5SpanModel
     optimizer: torch.optim.Optimizer | None
-    clock: Any  # ntng.rst.RSTClock
-    batches: Any  # ntng.batches.BatchStream
+    clock: Any  # ntng.training.rst.RSTClock
+    batches: Any  # ntng.data.batches.BatchStream
     preset: Preset
     model_name: str
     seed: int = 0  # the run's seed: methods that draw random numbers seed their own generators from it
@@ -108,11 +108,11 @@ class Method:
     summary = ""  # what it does, in a few words
     card = ""  # a short method card (what, where from, hyper-parameters, survey category), shown in the book
     # The part of the training windows the method trains on by default ("full"; RHO-LOSS: "rho_main", the 80% that
-    # its irreducible-loss model did not see). See `ntng.splits`.
+    # its irreducible-loss model did not see). See `ntng.data.splits`.
     data_split = "full"
     requires_data_split = False  # True: the method cannot train on any other split
-    # the kinds of extra work (ntng.rst.KINDS) the method's hooks charge beyond training: "scoring" (forward-only
-    # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.variants).
+    # the kinds of extra work (ntng.training.rst.KINDS) the method's hooks charge beyond training: "scoring" (forward-only
+    # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.training.variants).
     extra_work: tuple[str, ...] = ()
     studied_on: tuple[str, ...] = ("bert", "t5")  # the models the paper ran it on (tuning covers these by default)
     claims: tuple[Claim, ...] = ()  # what its sources claim for it, held against the records by the book
@@ -148,7 +148,7 @@ class Method:
 
     def prepare(self, spec, log, pretrain=None) -> dict:
         """Before the run is built: make what the method needs from outside the run (RHO-LOSS: its irreducible-
-        loss model and losses, built once and cached). `pretrain` is the loop itself (`ntng.train.pretrain`), for a
+        loss model and losses, built once and cached). `pretrain` is the loop itself (`ntng.training.loop.pretrain`), for a
         method that trains a model of its own. Returns facts for summary.json, under their own keys."""
         return {}
 
@@ -189,10 +189,11 @@ class Method:
         return contextlib.nullcontext()
 
     @classmethod
-    def findings(cls, runs, exclude_seeds=()) -> str:
-        """What the method's records show beyond its claims, as markdown for its book chapter ("": nothing).
-        `runs`: ntng.report's table of runs (every method's, with `run_dir`); `exclude_seeds`: the tuning seed(s)."""
-        return ""
+    def findings(cls, runs, exclude_seeds=()):
+        """What the method's records show beyond its claims, for its book chapter: (a paragraph of markdown, a
+        pandas DataFrame or None), or None for nothing. `runs`: ntng.book.report's table of runs (every method's,
+        with `run_dir`); `exclude_seeds`: the tuning seed(s)."""
+        return None
 
     def stats(self) -> dict:
         """method_stats for summary.json."""

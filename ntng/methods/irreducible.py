@@ -1,8 +1,8 @@
 """RHO-LOSS's irreducible-loss (IL) model: trained once, its per-example losses cached, keyed by example id.
 
-The IL model is the baseline of the same architecture trained through the same loop (`ntng.train.pretrain`, which
+The IL model is the baseline of the same architecture trained through the same loop (`ntng.training.loop.pretrain`, which
 the run hands to `Method.prepare`) on the
-20% hold-out split (`ntng.splits`) under its own RST budget. Its loss on every window of the other 80% (the RHO-LOSS
+20% hold-out split (`ntng.data.splits`) under its own RST budget. Its loss on every window of the other 80% (the RHO-LOSS
 run's training windows) is then computed once, with one fixed masking, and stored with the windows' stable ids:
 
     <data_dir>/<corpus>/il/<packing>/<rst table>-<budget>-seed<k>/
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import data as data_mod
-from ..batches import concat_batches, make_collator
-from ..device import autocast_dtype, pick_device
-from ..errors import RunError
-from ..models import build_model
-from ..presets import format_budget
-from ..splits import select_split
+from ntng.data import corpus as data_mod
+from ntng.data.batches import concat_batches, make_collator
+from ntng.data.splits import select_split
+from ntng.errors import RunError
+from ntng.models.pretraining import build_model
+from ntng.presets import format_budget
+from ntng.training.device import autocast_dtype, pick_device
 
 IL_MASK_SEED = 20230712  # seeds each window's one masking for its IL loss (see collate_by_id)
 
@@ -95,7 +95,7 @@ def compute_il_losses(model, example_ids: np.ndarray, windows: np.ndarray, colla
 
 def ensure_il_losses(spec, budget_s: float, seed: int, pretrain, log=print) -> tuple[np.ndarray, np.ndarray, dict]:
     """(sorted example ids, their IL losses, facts for summary.json) for the RHO-LOSS run `spec`, trained and
-    computed on first use, read from the cache afterwards. `pretrain` is the loop (`ntng.train.pretrain`, handed in
+    computed on first use, read from the cache afterwards. `pretrain` is the loop (`ntng.training.loop.pretrain`, handed in
     by the run being prepared): the IL model trains through the one loop without this module importing it."""
     cache = il_cache_dir(spec, budget_s, seed)
     packed = data_mod.load_packed(spec.model, spec.preset, spec.data_dir, spec.corpus)

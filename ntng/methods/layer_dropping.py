@@ -21,9 +21,10 @@ import math
 
 import torch
 
-from ..errors import UsageError
-from ..optim import build_optimizer
-from ..presets import Preset, paper_peak_ratio
+from ntng.errors import UsageError
+from ntng.presets import Preset, paper_peak_ratio
+from ntng.training.optim import build_optimizer
+
 from .base import Claim, Method, Run, around
 
 THETA_BAR = 0.5

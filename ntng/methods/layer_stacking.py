@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import itertools
 
-from ..errors import UsageError
-from ..optim import decay_groups
-from ..presets import Preset
+from ntng.errors import UsageError
+from ntng.presets import Preset
+from ntng.training.optim import decay_groups
+
 from .base import Claim, Method, Run, around
 
 DOUBLING_POINTS = (0.125, 0.3)  # budget fractions at which the stack doubles: L/4 -> L/2 -> L

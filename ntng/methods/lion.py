@@ -1,6 +1,6 @@
 """Lion: the baseline's loop and schedule with the Lion optimizer in place of AdamW / AdamWScale.
 
-The functional core is `ntng.optim.Lion`; this module only chooses its settings (the recipe's `lion_*` fields,
+The functional core is `ntng.training.optim.Lion`; this module only chooses its settings (the recipe's `lion_*` fields,
 overridable through method options) and makes sure the RST table prices a Lion step.
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UsageError
-from ..optim import Lion as LionOptimizer
-from ..optim import decay_groups
-from ..presets import paper_peak_ratio
+from ntng.errors import UsageError
+from ntng.presets import paper_peak_ratio
+from ntng.training.optim import Lion as LionOptimizer
+from ntng.training.optim import decay_groups
+
 from .base import Claim, Method, around, take_options
 
 LION_BETAS = (0.9, 0.99)

@@ -8,7 +8,7 @@ Newton-Schulz steps with coefficients (3.4445, -4.7750, 2.0315), its learning ra
 else, which Muon is not meant for (and `torch.optim.Muon` refuses unless it is 2-D), stays with the baseline's own
 optimizer and peak: the (tied) embedding and output matrix, T5's `lm_head` and relative position tables, the
 norms. Both follow the baseline's schedule. The Muon step is priced like any optimizer step the RST table does not
-list: the table's AdamW step times the ratio of the two measured on this machine (`ntng.pricing`).
+list: the table's AdamW step times the ratio of the two measured on this machine (`ntng.training.pricing`).
 
 Not a method the paper studied (`studied_on` is empty): it joins a grid when named (`--methods muon`).
 """
@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..optim import decay_groups, optimizer_for_groups
+from ntng.errors import UsageError
+from ntng.training.optim import decay_groups, optimizer_for_groups
+
 from .base import Claim, Method, around, take_options
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic coefficients, torch.optim.Muon's defaults

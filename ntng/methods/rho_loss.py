@@ -3,7 +3,7 @@
 Each optimizer step scores a mega-batch (twice the batch) with the current model and keeps the batch's worth of
 examples with the largest reducible loss, current loss - irreducible loss, where the irreducible loss comes from a
 model of the same architecture trained on a 20% hold-out (`ntng.methods.irreducible`, built once and cached, its cost
-reported apart). The run trains on the other 80% ("rho_main" split, `ntng.splits`); IL losses are looked up by
+reported apart). The run trains on the other 80% ("rho_main" split, `ntng.data.splits`); IL losses are looked up by
 stable example id, so they stay aligned whatever the data order.
 
 The two losses are taken under different masks, as in the paper's code (`bert/efficient_training/
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from ..batches import concat_batches, take_rows
-from ..errors import RunError, UsageError
-from ..presets import middle_budget, parse_budget
+from ntng.data.batches import concat_batches, take_rows
+from ntng.errors import RunError, UsageError
+from ntng.presets import middle_budget, parse_budget
+
 from .base import Claim, Method, Run, take_options
 from .irreducible import ensure_il_losses, lookup_il_losses
 from .selection import ExampleQueue, SelectionCounters, score_examples

@@ -13,7 +13,7 @@ which updates y in place without storing x. `eval()` puts x in the parameters (x
 `train()` puts y back. The loop sees them through `Method.evaluation_weights`: every evaluation and every checkpoint
 is made at x, so fine-tuning starts from x. The learning rate warms up linearly over the first `warmup` of the budget
 and is then constant to the end (`lr_multiplier`): averaging stands in for the decay. Weight decay spares norms and
-biases (`ntng.optim.decay_groups`), as the baseline's does.
+biases (`ntng.training.optim.decay_groups`), as the baseline's does.
 
 Not a method the paper studied (`studied_on` is empty): it joins a grid when named (`--methods schedule_free`).
 """
@@ -24,8 +24,9 @@ import contextlib
 
 import torch
 
-from ..errors import UsageError
-from ..optim import decay_groups
+from ntng.errors import UsageError
+from ntng.training.optim import decay_groups
+
 from .base import Claim, Method, Run, around, take_options
 
 # The warm-up, as a share of the budget. The Schedule-Free README recommends a warm-up but gives no length; the

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..batches import concat_batches, take_rows
+from ntng.data.batches import concat_batches, take_rows
+
 from .base import Run
 
 

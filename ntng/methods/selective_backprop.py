@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..batches import take_rows
-from ..errors import UsageError
+from ntng.data.batches import take_rows
+from ntng.errors import UsageError
+
 from .base import Claim, Method, Run, around, take_options
 from .selection import ExampleQueue, SelectionCounters, score_examples
 

@@ -16,7 +16,7 @@ training gradient. Estimates run in `begin_step`, so none is made after the budg
 never be used (the paper's loops would have paid for one there). Until the first estimate the Hessian is zero and
 Sophia takes sign-of-momentum steps, as the official optimizer does.
 
-The functional core is `ntng.optim.SophiaG` and `hessian_pass` / `sampled_label_loss` below.
+The functional core is `ntng.training.optim.SophiaG` and `hessian_pass` / `sampled_label_loss` below.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
-from ..optim import SophiaG, decay_groups
-from ..presets import paper_peak_ratio
+from ntng.errors import UsageError
+from ntng.presets import paper_peak_ratio
+from ntng.training.optim import SophiaG, decay_groups
+
 from .base import Claim, Method, Run, around, take_options
 from .lion import check_betas
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UsageError
+from ntng.errors import UsageError
+
 from .base import Claim, Method, around, take_options
 
 
@@ -99,23 +100,21 @@ class WarmupStableDecay(Method):
         return wsd_multiplier(budget_fraction, o["warmup"], o["decay"], o["sqrt_decay"], o["horizon"])
 
     @classmethod
-    def findings(cls, runs, exclude_seeds=()) -> str:
-        """The branching saving (markdown): per model and seed, what one run of the largest budget plus its branched
-        cool-downs cost in RST against separate runs of each budget, and the branches' loss gap to those runs."""
+    def findings(cls, runs, exclude_seeds=()):
+        """The branching saving: per model and seed, what one run of the largest budget plus its branched cool-downs
+        cost in RST against separate runs of each budget, and the branches' loss gap to those runs."""
         table = branching_saving(runs, exclude_seeds)
         if table.empty:
             return ("*No branched cool-downs in these records yet*: run `warmup_stable_decay+horizon=2` and "
                     "`+horizon=4` at the budgets a half and a quarter of the largest, beside `warmup_stable_decay` at "
-                    "all three.")
-        from ..report import markdown_table  # the book's table format; imported here, where the book asks for it
-
+                    "all three.", None)
         shown = table.assign(**{c: table[c].map(lambda x: f"{x:+.3f}") for c in table.columns if c.startswith("gap")})
         shown = shown.assign(**{c: shown[c].map(lambda x: f"{x:.0f}") for c in ("separate_rst_s", "branched_rst_s")})
         shown["saved"] = table["saved"].map(lambda x: f"{x:.0%}")
         return ("**Branching.** One run of the largest budget whose stable phase is branched into the cool-downs of "
                 "the smaller budgets gives all of them; separate runs pay each budget in full. RST in seconds, from the "
-                "records; loss gap = branched cool-down minus the separate run of the same budget and seed (nats):\n\n"
-                + markdown_table(shown))
+                "records; loss gap = branched cool-down minus the separate run of the same budget and seed (nats):",
+                shown)
 
 
 def branching_saving(runs, exclude_seeds=()):
@@ -128,7 +127,7 @@ def branching_saving(runs, exclude_seeds=()):
 
     import pandas as pd
 
-    from ..presets import format_budget
+    from ntng.presets import format_budget
 
     name = WarmupStableDecay.name
     cols = ["model", "seed", "budgets", "separate_rst_s", "branched_rst_s", "saved"]

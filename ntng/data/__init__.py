@@ -1,0 +1,1 @@
+"""The data wing: sources -> corpus and tasks -> tokenizers -> packed windows -> batches (collated)."""
