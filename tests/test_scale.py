@@ -269,7 +269,7 @@ def test_the_reference_preset():
     cpu = get_preset("cpu")
     budgets = [parse_budget(b) for b in cpu.budgets]
     assert budgets[1] == 2 * budgets[0] and budgets[2] == 4 * budgets[0]  # the paper's 1:2:4
-    assert cpu.seeds == (0, 1, 2) and cpu.ray_cpus == 1.0
+    assert cpu.seeds == (1, 2, 3) and cpu.ray_cpus == 1.0
     for model in ("bert", "t5"):
         from ntng.training.rst import shipped_table
         table = shipped_table("cpu", model)
