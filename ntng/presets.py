@@ -294,6 +294,8 @@ PRESETS["cpu_batch64"] = replace(
     budgets=("4m",), table_preset="cpu", book_finetune="largest",
     description="the reference CPU scale at 4x the batch (64 sequences), its middle budget: the optimizers' "
                 "batch-size control")
+# preset -> its batch-size control, whose records the book holds beside the preset's own (ntng.book.controls)
+BATCH_CONTROLS = {"cpu": "cpu_batch64"}
 
 MODELS = ("bert", "t5")
 DEFAULT_PRESET = "smoke"

@@ -35,6 +35,18 @@ ERROR_OUTPUTS_JS = """document.querySelectorAll(
 NAV_JS = """[...document.querySelectorAll("nav.bd-docs-nav a.reference")].map(a => a.href)"""
 TABLE_JS = """[...document.querySelectorAll("main table")].map(t => [...t.rows].map(r => [...r.cells].map(c =>
   c.innerText.trim())))"""
+APPENDIX_LINKS_JS = """[...document.querySelectorAll("main a[href*='/runs/']")].map(a => a.href)"""
+# per figure: its shown width against the text column's (ntng.css stretches every figure output to the column)
+FIGURE_WIDTH_JS = """[...document.querySelectorAll("main .cell_output img")].map(i => [i.getBoundingClientRect().width,
+  i.closest("section, article").getBoundingClientRect().width])"""
+# table cells holding a number (with or without its interval) that the browser broke over two lines or more
+WRAPPED_NUMBERS_JS = r"""[...document.querySelectorAll("main table td")].filter(td => {
+  const text = td.innerText.trim();
+  if (!/^[-+\u2212]?\d/.test(text) || text.length > 40) return false;
+  const range = document.createRange(); range.selectNodeContents(td);
+  const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+  return tops.size > 1;
+}).map(td => td.innerText.trim())"""
 RECORD_JS = """[...document.querySelectorAll("main .ntng-record")].map(e => e.innerText).join("\\n")"""
 
 
@@ -57,7 +69,7 @@ def book(tmp_path_factory):
 def _chapters(index: Path) -> list[str]:
     """The built book's chapters, from the table of contents `ntng book` staged (one chapter per family)."""
     toc = yaml.safe_load((index.parent.parent / "source" / "book" / "_toc.yml").read_text())
-    return [toc["root"]] + [c["file"] for c in toc["chapters"]]
+    return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
 
 
 def _visit(browser, url: str) -> dict:
@@ -79,9 +91,12 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
                                                        "book/family-optimizers", "book/family-warm_start"]
     for chapter, suffix in chapters.items():
         assert any(u.endswith(suffix) for u in pages) or chapter == "book/intro", f"{chapter} not in the navigation"
-    runs = [u for u in pages if "/book/runs/" in u]
+    # the appendix is one page linking every executed notebook, which the navigation does not list one by one
+    assert not [u for u in pages if "/runs/" in u]
+    browser.open((book["index"].parent / "book" / "appendix.html").as_uri())
+    runs = browser.evaluate(APPENDIX_LINKS_JS)
     notebooks = sorted(book["results"].glob("smoke/*/*/*/seed*/notebook.ipynb"))
-    assert len(runs) == len(notebooks) == 8, "one appendix page per executed notebook"
+    assert len(runs) == len(notebooks) == 8, "one linked page per executed notebook"
     visited = {}
     for url in pages:
         page = _visit(browser, url)
@@ -96,13 +111,16 @@ def test_every_page_loads_its_images_and_shows_no_error(book):
         assert all(any(u.split("#")[0].endswith(s) for u in page["nav"] + [url]) for s in chapters.values())
     figures_per_page = {c: max((len(p["images"]) for u, p in visited.items() if u.endswith(f"/{c}.html")),
                                default=0) for c in _chapters(book["index"])}
-    for chapter in ("book/rst", "book/scale", "book/tuning", "book/family-dynamic", "book/family-selection", "book/family-optimizers",
+    for chapter in ("book/intro", "book/rst", "book/scale", "book/tuning", "book/family-dynamic", "book/family-selection", "book/family-optimizers",
                     "book/family-warm_start", "book/downstream"):
         assert figures_per_page[chapter] >= 1, f"{chapter} has no figure"
     assert figures_per_page["book/family-dynamic"] >= 6  # curves, final, difference, speed-up, wall, active layers
     assert figures_per_page["book/family-selection"] >= 6  # ... and keep rates (no active layers there)
     assert figures_per_page["book/family-optimizers"] == 5
-    assert all(len(visited[u]["images"]) >= 1 for u in runs), "an executed notebook lost its image output"
+    for url in runs:
+        page = _visit(browser, url)
+        assert page["images"] and all(i["width"] > 0 for i in page["images"]), f"{url} lost its image output"
+        assert "Traceback" not in page["text"]
 
 
 def _expected_final(results: Path, model: str, method: str, budget: str) -> list[float]:
@@ -112,6 +130,20 @@ def _expected_final(results: Path, model: str, method: str, budget: str) -> list
         if record["status"] == "complete":
             out.append(record["final_val_loss"])
     return out
+
+
+def test_figures_span_the_text_column_and_no_number_wraps_at_1280px(book):
+    browser = book["browser"]
+    browser.call("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=True)
+    checked = 0
+    for page in ("intro", "verdicts", "family-dynamic", "family-optimizers", "downstream", "scale", "tuning"):
+        browser.open((book["index"].parent / "book" / f"{page}.html").as_uri())
+        for shown, column in browser.evaluate(FIGURE_WIDTH_JS):
+            assert shown >= 0.9 * column, f"{page}: a figure {shown:.0f} px wide in a {column:.0f} px column"
+            checked += 1
+        assert browser.evaluate(WRAPPED_NUMBERS_JS) == [], f"{page}: numbers broken over two lines"
+    assert checked >= 10
 
 
 def test_introduction_table_matches_the_run_directories(book):

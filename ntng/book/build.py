@@ -51,51 +51,71 @@ def run_notebooks(results: Path, preset: str) -> list[Path]:
     return sorted(root.glob("*/*/*/seed*/notebook.ipynb")) if root.is_dir() else []
 
 
-def _appendix_name(notebook: Path) -> tuple[str, str]:
-    seed, budget, method, model = notebook.parent.parts[-1:-5:-1]
-    page = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{model}-{method}-{budget}-{seed}")  # a variant's + and = out of URLs
-    return page, f"{model} / {method} / {budget} / {seed}"
+RUN_PAGES = "runs"  # the executed notebooks' pages, at the site's root: <html>/runs/<page>.html
 
 
-def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) -> int:
-    """Copy the book's sources into `stage`, add the executed notebooks as appendix pages; returns how many."""
+def render_run_notebooks(results: Path, preset: str, extra: Path) -> int:
+    """Each executed grid notebook as a stand-alone HTML page in `extra`/runs/ (Sphinx copies `extra` to the site's
+    root: `html_extra_path`), named by `report.run_page`; the appendix is one page linking them all, not one sidebar
+    entry per run. A notebook that cannot be read gets a page that says so. Returns how many pages."""
     import nbformat
-    import yaml
+    from nbconvert import HTMLExporter
 
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    shutil.copyfile(root / "_config.yml", stage / "_config.yml")
-    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("_build", "runs", ".*"))
-    toc_path = stage / "book" / "_toc.yml"
-    toc = yaml.safe_load(toc_path.read_text())
-    sections = []
-    (stage / "book" / "runs").mkdir()
-    for notebook in run_notebooks(results, preset):
-        name, title = _appendix_name(notebook)
+    from ntng.book.report import run_page
+
+    out = extra / RUN_PAGES
+    out.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(template_name="classic")  # one self-contained page (inline CSS), no JavaScript needed
+    notebooks = run_notebooks(results, preset)
+    for notebook in notebooks:
+        seed, budget, method, model = notebook.parent.parts[-1:-5:-1]
+        title = f"{model} / {method} / {budget} / {seed}"
         try:
             nb = nbformat.read(notebook, as_version=4)
         except Exception as exc:  # a damaged notebook is a record problem, not a build failure
             nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
                 f"The executed notebook of this run ({notebook}) cannot be read: {type(exc).__name__}.")])
-        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\nThe executed notebook of `{notebook.parent}`,"
-                                                         " as papermill left it."))
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+            f"# {title}\n\nThe executed notebook of `{notebook.parent}`, as papermill left it "
+            "([back to the book](../book/appendix.html))."))
         nb.metadata.pop("widgets", None)
-        nbformat.write(nb, stage / "book" / "runs" / f"{name}.ipynb")
-        sections.append({"file": f"book/runs/{name}", "title": title})
-    if sections:
-        for chapter in toc["chapters"]:
-            if chapter.get("file") == "book/appendix":
-                chapter["sections"] = sections
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+        (out / f"{run_page(model, method, budget, seed)}.html").write_text(body)
+    return len(notebooks)
+
+
+def _toc_entries(toc: dict) -> list[list]:
+    """The chapter lists of a table of contents, with or without parts."""
+    return [part["chapters"] for part in toc["parts"]] if "parts" in toc else [toc["chapters"]]
+
+
+def stage_sources(stage: Path, results: Path, preset: str, root: Path = ROOT) -> int:
+    """Copy the book's sources into `stage`, render the executed notebooks as pages the appendix links to, one
+    chapter per family; returns how many notebooks."""
+    import yaml
+
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("_build", "runs", ".*"))
+    pages = render_run_notebooks(results, preset, stage / "extra")
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    config.setdefault("sphinx", {}).setdefault("config", {})["html_extra_path"] = ["extra"]
+    (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    toc_path = stage / "book" / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text())
     families = stage_families(stage, results, preset)
-    at = next(i for i, c in enumerate(toc["chapters"]) if c.get("file") == FAMILY_TEMPLATE)
-    toc["chapters"][at:at + 1] = [{"file": f} for f in families]
+    for chapters in _toc_entries(toc):
+        at = next((i for i, c in enumerate(chapters) if c.get("file") == FAMILY_TEMPLATE), None)
+        if at is not None:
+            chapters[at:at + 1] = [{"file": f} for f in families]
     tutorial = tutorial_path(results, preset)
-    if tutorial.is_file():  # executed by `ntng book` (run_tutorial): a chapter after the families
+    if tutorial.is_file():  # executed by `ntng book` (run_tutorial): the last chapter of "Use it"
         shutil.copyfile(tutorial, stage / "book" / TUTORIAL)
-        toc["chapters"].insert(at + len(families), {"file": f"book/{Path(TUTORIAL).stem}"})
+        reproduce = next(ch for ch in _toc_entries(toc) if any(c.get("file") == "book/reproduce" for c in ch))
+        reproduce.append({"file": f"book/{Path(TUTORIAL).stem}"})
     toc_path.write_text(yaml.safe_dump(toc, sort_keys=False))
-    return len(sections)
+    return pages
 
 
 FAMILY_TEMPLATE = "book/family"  # the _toc entry the family chapters replace

@@ -42,10 +42,16 @@ def palette_for(methods) -> dict:
     """A plain dict for seaborn's `palette=`, covering every method and variant in `methods`."""
     return {m: colour(m) for m in methods}
 
-sns.set_theme(style="whitegrid", context="notebook")
+sns.set_theme(style="whitegrid", context="notebook")  # 12 pt labels, 11 pt ticks
+
+# The book's text column, in inches at 96 px per inch (sphinx-book-theme's figures at a 1280 px window: 660 px).
+# The book stretches every figure to the column's width (book/_static/ntng.css), so a figure drawn this wide shows
+# its 12 pt (16 px) labels at about the body text's 16 px; a wider figure would shrink them.
+COLUMN_INCHES = 7.0
+SAVE_DPI = 144  # 1.5x the 96 px/in the sizes assume: sharp on high-density screens, same proportions
 
 
-def show(fig: Figure | None, dpi: int = 96) -> None:
+def show(fig: Figure | None, dpi: int = SAVE_DPI) -> None:
     """Display a figure in a notebook as one PNG output (nothing when `fig` is None)."""
     if fig is None:
         return
@@ -56,20 +62,23 @@ def show(fig: Figure | None, dpi: int = 96) -> None:
     display(Image(data=buf.getvalue()))
 
 
-def _grid(nrows: int, ncols: int, width: float = 4.2, height: float = 3.2, sharey: bool | str = False):
-    fig = Figure(figsize=(width * ncols, height * nrows))
+def _grid(nrows: int, ncols: int, height: float = 3.2, sharey: bool | str = False):
+    """Panels sharing the text column's width (COLUMN_INCHES), `height` inches each."""
+    fig = Figure(figsize=(COLUMN_INCHES, height * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
     return fig, axes
 
 
 def _legend_outside(fig: Figure, ax, title: str = "method") -> None:
+    """One legend for the figure, below the panels: a legend at the side would take a third of the column."""
     handles, labels = ax.get_legend_handles_labels()
     for a in fig.axes:
         if a.get_legend() is not None:
             a.get_legend().remove()
+    fig.tight_layout()
     if handles:
-        fig.legend(handles, [label(x) for x in labels], title=title, loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.legend(handles, [label(x) for x in labels], title=title or None, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3), frameon=False)
 
 
 def _models(frame: pd.DataFrame) -> list[str]:
@@ -117,7 +126,7 @@ def _seed_dots(ax, x, y, method: str) -> None:
 def _model_panels(table: pd.DataFrame, models, spread: float = 0.08, reference: float | None = None):
     """A figure with one panel per model: (fig, axes, [(ax, model, the model's rows, its methods, their x
     offsets)]). `reference`: the baseline's level, a dashed line in every panel."""
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
+    fig, axes = _grid(1, len(models), height=3.6)
     panels = []
     for j, model in enumerate(models):
         ax = axes[0][j]
@@ -144,7 +153,6 @@ def _budget_intervals(table: pd.DataFrame, seeds: pd.DataFrame, value: str, ylab
         _budget_axis(ax, _budgets(part))
         ax.set(title=model, xlabel="RST budget", ylabel=ylabel)
     _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
     return fig
 
 
@@ -177,7 +185,6 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
             _floor_line(ax, (floors or {}).get(model))
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="RST (s)", ylabel="validation loss")
     _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
     return fig
 
 
@@ -205,6 +212,14 @@ def difference(diffs: pd.DataFrame, pairs: pd.DataFrame, methods) -> Figure | No
                              reference=0.0)
 
 
+def overview(diffs: pd.DataFrame, pairs: pd.DataFrame) -> Figure | None:
+    """The book's first figure: every method's final-loss difference to the baseline (mean over seeds, 95%
+    interval, each seed a dot) against the budget, one panel per model; variants (ablations) are left to their
+    family's chapter."""
+    methods = [m for m in _methods(diffs) if m == base_method(m) and m != "baseline"] if len(diffs) else []
+    return difference(diffs, pairs, methods) if methods else None
+
+
 def speedup(speed: pd.DataFrame, methods) -> Figure | None:
     """Time-to-target speed-up per seed against the budget (log scale): RST the baseline needs to reach the
     method's final loss / RST the method used. 1 = parity; triangles: the baseline never got that low (a lower
@@ -230,7 +245,6 @@ def speedup(speed: pd.DataFrame, methods) -> Figure | None:
         _budget_axis(ax, _budgets(part))
         ax.set(title=model, xlabel="RST budget", ylabel="speed-up vs baseline (x)")
     _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
     return fig
 
 
@@ -244,7 +258,7 @@ def wall_vs_rst(runs: pd.DataFrame, methods=None) -> Figure | None:
     if data.empty:
         return None
     models = sorted(set(data["model"]))
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
+    fig, axes = _grid(1, len(models), height=3.6)
     for j, model in enumerate(models):
         ax = axes[0][j]
         part = sort_frame(data[data["model"] == model])
@@ -255,7 +269,6 @@ def wall_vs_rst(runs: pd.DataFrame, methods=None) -> Figure | None:
         ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
         ax.set(title=model, xlabel="RST charged (s)", ylabel="wall clock (s)", xlim=(0, top), ylim=(0, top))
     _legend_outside(fig, axes[0][0], title="")
-    fig.tight_layout()
     return fig
 
 
@@ -280,7 +293,6 @@ def active_layers(metrics: pd.DataFrame, full_depth: dict | None = None) -> Figu
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="fraction of the RST budget",
                    ylabel="active layers", xlim=(0, 1))
     _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
     return fig
 
 
@@ -294,7 +306,7 @@ def keep_rates(runs: pd.DataFrame, methods) -> Figure | None:
         return None
     data = sort_frame(data).assign(label=lambda f: f["method"].map(label))
     models = sorted(set(data["model"]))
-    fig, axes = _grid(1, len(models), width=5.0, height=3.4)
+    fig, axes = _grid(1, len(models), height=3.4)
     for j, model in enumerate(models):
         ax = axes[0][j]
         part = data[data["model"] == model]
@@ -306,7 +318,6 @@ def keep_rates(runs: pd.DataFrame, methods) -> Figure | None:
                       palette=palette_for(hue_order), dodge=True, color="black", size=4, ax=ax, legend=False)
         ax.set(title=model, xlabel="RST budget", ylabel="keep rate", ylim=(0, 1))
     _legend_outside(fig, axes[0][0])
-    fig.tight_layout()
     return fig
 
 
@@ -317,9 +328,12 @@ def downstream(table: pd.DataFrame) -> Figure | None:
     if data.empty:
         return None
     pairs = list(dict.fromkeys(zip(data["model"], data["task"], strict=True)))
-    fig, axes = _grid(1, len(pairs), width=4.4, height=3.4)
+    ncols = min(len(pairs), 3)  # three panels at most across the column, then another row
+    fig, axes = _grid(math.ceil(len(pairs) / ncols), ncols, height=3.0)
+    for ax in axes.ravel()[len(pairs):]:
+        ax.set_visible(False)
     for j, (model, task) in enumerate(pairs):
-        ax = axes[0][j]
+        ax = axes.ravel()[j]
         part = data[(data["model"] == model) & (data["task"] == task)]
         methods_here = _methods(part)
         offsets = _offsets(methods_here)
@@ -333,7 +347,6 @@ def downstream(table: pd.DataFrame) -> Figure | None:
         _budget_axis(ax, _budgets(part))
         ax.set(title=f"{model}: {task}", xlabel="pre-training budget (RST)", ylabel=part["metric"].iloc[0])
     _legend_outside(fig, axes[0][0], title="")
-    fig.tight_layout()
     return fig
 
 
@@ -344,7 +357,7 @@ def rst_tables(tables: pd.DataFrame) -> Figure | None:
     if data.empty:
         return None
     models = sorted(set(data["model"]))
-    fig, axes = _grid(1, len(models), width=5.0, height=3.6)
+    fig, axes = _grid(1, len(models), height=3.6)
     for j, model in enumerate(models):
         ax = axes[0][j]
         part = data[data["model"] == model]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -508,12 +509,23 @@ def fmt_ci(mean, low, high, digits: int = 3, signed: bool = False) -> str:
     return text
 
 
+# Where a line must not break inside a number: between a number and its interval ("6.125 [6.100, 6.150]"), inside
+# the interval, and after a budget's colon ("2m: -0.012"). Text around them still wraps.
+_NUMBER_SPACES = re.compile(r"(?<=\d) (?=\[)|(?<=,) (?=[-+\u2212]?\d)|(?<=:) (?=[-+\u2212]?\d)")
+
+
+def keep_numbers_whole(text: str) -> str:
+    """`text` with the spaces inside each number and its interval made non-breaking (a table never wraps a
+    number over two lines)."""
+    return _NUMBER_SPACES.sub("\u00a0", text)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table (cells escaped): the pages print these as generated Markdown."""
+    """A pipe table (cells escaped, numbers kept whole): the pages print these as generated Markdown."""
     if frame.empty:
         return ""
     def cell(v):
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return keep_numbers_whole(str(v).replace("|", "\\|").replace("\n", " "))
     lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
@@ -571,23 +583,36 @@ def speedup_text(speed: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def trend_sentences(table: RunTable, methods) -> list[str]:
-    """One generated sentence per model x method: the paired difference to the baseline at each budget."""
-    diffs = difference_to_baseline(table.runs)
+def _difference_words(row) -> str:
+    """One budget's paired difference to the baseline in words, with its 95% interval."""
+    mean, low, high, n = row["mean"], row["ci_low"], row["ci_high"], row["seeds"]
+    if n < 2:
+        return f"at {row['budget']} {mean:+.3f} (one seed)"
+    if high < 0:
+        return f"at {row['budget']} it ends {-mean:.3f} ({-high:.3f} to {-low:.3f}) nats below the baseline"
+    if low > 0:
+        return f"at {row['budget']} {mean:.3f} ({low:.3f} to {high:.3f}) nats above it"
+    return f"at {row['budget']} the difference is {mean:+.3f} ({low:+.3f} to {high:+.3f}), within noise"
+
+
+def trend_sentences(table: RunTable, methods, exclude_seeds=()) -> list[str]:
+    """One generated sentence per model x method: its final validation loss against the baseline's at each budget
+    (paired by seed, mean and 95% interval over the seeds not in `exclude_seeds`), and whether the gap narrows as
+    the budget grows."""
+    runs = table.runs[~table.runs["seed"].isin(list(exclude_seeds))] if len(table.runs) else table.runs
+    diffs = difference_to_baseline(runs)
     out = []
     for (model, method), g in diffs[diffs["method"].isin(methods)].groupby(["model", "method"], sort=False):
         g = g.sort_values("budget_rst_s")
-        steps = ", ".join(f"{fmt(r['mean'], 3) if r['mean'] < 0 else '+' + fmt(r['mean'], 3)} at {r['budget']} "
-                          f"({r['verdict']})" for _, r in g.iterrows())
+        steps = "; ".join(_difference_words(r) for _, r in g.iterrows())
         first, last = g.iloc[0]["mean"], g.iloc[-1]["mean"]
+        trend = ""
         if len(g) > 1:
-            change = abs(last) < abs(first)
-            trend = (f"the gap {'narrows' if change else 'does not narrow'} from {abs(first):.3f} to {abs(last):.3f} "
-                     f"as the budget grows {g.iloc[-1]['budget_rst_s'] / g.iloc[0]['budget_rst_s']:g}x")
-        else:
-            trend = "one budget only"
-        out.append(f"**{model} / {label(method)}** minus baseline (final validation loss, mean over "
-                   f"seeds, negative = better than the baseline): {steps}; {trend}.")
+            narrows = abs(last) < abs(first)
+            trend = (f" The gap {'narrows' if narrows else 'does not narrow'} from {abs(first):.3f} to "
+                     f"{abs(last):.3f} nats as the budget grows {g.iloc[-1]['budget_rst_s'] / g.iloc[0]['budget_rst_s']:g}x.")
+        seeds = "-".join(map(str, sorted({int(g["seeds"].min()), int(g["seeds"].max())})))
+        out.append(f"**{label(method)}, {model}** ({seeds} seeds; 95% intervals): {steps}.{trend}")
     return out
 
 
@@ -834,14 +859,25 @@ def versions_text(table: RunTable) -> str:
     return "\n\n".join(parts)
 
 
-def appendix_text(table: RunTable) -> str:
-    """Generated: which runs have an executed notebook in the appendix."""
+def run_page(model: str, method: str, budget: str, seed) -> str:
+    """The name of a run's executed-notebook page (ntng.book.build.render_run_notebooks): URL-safe, so a variant's
+    `+` and `=` become `-`."""
+    seed = str(seed) if str(seed).startswith("seed") else f"seed{seed}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{model}-{method}-{budget}-{seed}")
+
+
+def appendix_html(table: RunTable, pages: str = "../runs") -> str:
+    """Generated: one row per model x method x budget, a link per seed to its executed notebook's page (under
+    `pages`, relative to the appendix page), and which runs have none."""
     if table.runs.empty:
-        return f"*No readable runs under `{table.root}`, so no notebooks.*"
-    have = table.runs[table.runs["has_notebook"]]
-    missing = table.runs[~table.runs["has_notebook"]]
-    text = f"{len(have)} of {len(table.runs)} readable runs have an executed notebook (the pages below)."
-    if len(missing):
-        text += " Without one: " + ", ".join(
-            f"{r['model']}/{r['method']}/{r['budget']}/seed{r['seed']}" for _, r in missing.iterrows()) + "."
-    return text
+        return f"<p><em>No readable runs under <code>{table.root}</code>, so no notebooks.</em></p>"
+    runs = sort_frame(table.runs)
+    rows = []
+    for (model, method, budget), g in runs.groupby(["model", "method", "budget"], sort=False):
+        links = [f'<a href="{pages}/{run_page(model, method, budget, s)}.html">seed {s}</a>' if has
+                 else f"seed {s} (none)" for s, has in zip(g["seed"], g["has_notebook"], strict=True)]
+        rows.append(f"<tr><td>{model}</td><td>{label(method)}</td><td>{budget}</td><td>{' · '.join(links)}</td></tr>")
+    have = int(runs["has_notebook"].sum())
+    return (f"<p>{have} of {len(runs)} readable runs have an executed notebook.</p>"
+            '<table class="table ntng-appendix"><thead><tr><th>model</th><th>method</th><th>budget</th>'
+            f"<th>executed notebook</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ntng.book.figures import COLUMN_INCHES
 from ntng.book.report import load_runs
 from ntng.experiments.tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
 from ntng.presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
@@ -97,7 +98,7 @@ def probe_figure(rows: list[dict]) -> Figure | None:
     if not rows:
         return None
     groups = _groups(rows)
-    fig = Figure(figsize=(4.6 * len(groups), 3.4), layout="constrained")
+    fig = Figure(figsize=(COLUMN_INCHES, 4.0), layout="constrained")  # spans the text column (ntng.book.figures)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (model, budget_s) in zip(axes, groups, strict=True):
         mine = [r for r in rows if (r["model"], r["budget_rst_s"]) == (model, budget_s)]
@@ -113,13 +114,13 @@ def probe_figure(rows: list[dict]) -> Figure | None:
         floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
         if floor is not None:
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
-            ax.annotate("context-free floor", (0.02, floor), xycoords=("axes fraction", "data"), fontsize=7,
+            ax.annotate("context-free floor", (0.02, floor), xycoords=("axes fraction", "data"), fontsize=10,
                         color="grey", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("final validation loss (nats)")
         ax.set_title(f"{model.upper()}, {format_budget(budget_s)} of RST")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
     return fig
 
 
@@ -249,9 +250,9 @@ def tuning_figure(rows: list[dict]) -> Figure | None:
     rows = [r for r in rows if any(t["final_val_loss"] is not None for t in r["trials"])]
     if not rows:
         return None
-    cols = 4
+    cols = 3  # three small panels across the text column (ntng.book.figures.COLUMN_INCHES)
     nrows = math.ceil(len(rows) / cols)
-    fig = Figure(figsize=(3.1 * cols, 2.5 * nrows), layout="constrained")
+    fig = Figure(figsize=(COLUMN_INCHES, 2.4 * nrows), layout="constrained")
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
     for ax, r in zip(axes, rows, strict=False):
         trials = [t for t in r["trials"] if t["final_val_loss"] is not None]
@@ -264,8 +265,8 @@ def tuning_figure(rows: list[dict]) -> Figure | None:
             ax.plot([xs[i]], [trials[i]["final_val_loss"]], marker="o", markerfacecolor="white", color="C0")
         if all(x > 0 for x in xs):
             ax.set_xscale("log")
-        ax.set_title(f"{r['model'].upper()} {r['method'].replace('_', ' ')}: {r['key']}", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{r['model'].upper()} {r['method'].replace('_', ' ')}: {r['key']}", fontsize=10)
+        ax.tick_params(labelsize=9)
     for ax in axes[len(rows):]:
         ax.set_visible(False)
     return fig
