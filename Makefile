@@ -9,7 +9,7 @@ TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: test book data venv lint clean bench
+.PHONY: test book publish data venv lint clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ data: $(STAMP)
 book: data
 	@# the reference preset `cpu`: its records are committed, so this builds from them; a missing cell is run
 	$(BIN)/ntng book --preset cpu
+
+# `make book`, then the site to the gh-pages branch of the remote origin (ghp-import, with .nojekyll; never forced).
+# GitHub Pages: Settings -> Pages -> Deploy from a branch -> gh-pages. Another remote: make publish REMOTE=name
+REMOTE ?= origin
+publish: data
+	$(BIN)/ntng book --preset cpu --publish --remote $(REMOTE)
 
 # what a run costs on this machine (benchmarks/bench.py): ~8 min on 2 cores; run it on a quiet machine
 bench: data

@@ -23,7 +23,7 @@ _LAZY = {
     "load_tokenizer": "data.corpus", "build_model": "models.pretraining", "pretrain": "training.loop",
     "calibrate": "training.calibration", "read_metrics": "training.records", "build_book": "book.build",
     "load_runs": "book.report", "sweep": "experiments.grid", "compare": "book.comparison",
-    "finetune": "experiments.downstream",
+    "finetune": "experiments.downstream", "publish_site": "book.publish",
 }
 WINGS = ("data", "models", "training", "methods", "experiments", "book")
 

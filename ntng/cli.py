@@ -80,6 +80,14 @@ def _grid_arguments(p, presets, methods_help: str) -> None:
     p.add_argument("--methods", nargs="+", type=_method, default=None, help=methods_help)
 
 
+def _publish_arguments(p) -> None:
+    """--remote and --branch, as `ntng publish` and `ntng book --publish` take them."""
+    from .book.publish import DEFAULT_BRANCH, DEFAULT_REMOTE
+
+    p.add_argument("--remote", default=None, help=f"git remote to push to (default {DEFAULT_REMOTE})")
+    p.add_argument("--branch", default=None, help=f"branch that holds the site (default {DEFAULT_BRANCH})")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="No Train No Gain, re-evaluated: efficient training methods under "
                            "a fixed Reference System Time (RST) budget.")
@@ -180,6 +188,20 @@ def build_parser() -> OneLineParser:
     p.add_argument("--records-only", action="store_true",
                    help="build from the records as they are: run no cell and measure no RST table (committed "
                         "records, or a grid still running elsewhere)")
+    p.add_argument("--publish", action="store_true",
+                   help="then push the site to the branch --branch of the git remote --remote with ghp-import "
+                        "(as `ntng publish` does); the repository and remote are checked before the build")
+    _publish_arguments(p)
+
+    p = sub.add_parser("publish", help="push the built book to a gh-pages branch (GitHub Pages)",
+                       description="Commit the built HTML site (default _build/html, as `ntng book` leaves it) as "
+                       "the new state of a branch of the git repository here, with .nojekyll, using ghp-import, "
+                       "and push that branch (never forced). GitHub Pages serves it once Settings -> Pages -> "
+                       "Deploy from a branch names it; any static host can serve the folder itself.")
+    p.add_argument("--site", type=Path, default=None, help="the built site (default _build/html)")
+    _publish_arguments(p)
+    p.add_argument("--message", default=None,
+                   help="the commit message (default: what was published: the preset and this checkout's commit)")
 
     p = sub.add_parser("compare", help="is a method faster than the baseline under the same RST budgets?",
                        description="Run what is missing of METHOD and of the baseline at the same preset, budgets "
@@ -352,12 +374,36 @@ def cmd_probe(args) -> int:
     return 1 if any(r["status"] != "complete" for r in rows) else 0
 
 
+def _publish_target(args) -> dict:
+    from ntng.book.publish import DEFAULT_BRANCH, DEFAULT_REMOTE
+
+    return dict(remote=args.remote or DEFAULT_REMOTE, branch=args.branch or DEFAULT_BRANCH)
+
+
 def cmd_book(args) -> int:
     from ntng.book.build import build_book
 
+    if args.publish:  # a missing remote is found now, not after the build
+        from ntng.book.publish import check_target
+
+        check_target(**_publish_target(args))
+    elif args.remote is not None or args.branch is not None:
+        raise UsageError("--remote and --branch go with --publish")
     index = build_book(preset=args.preset, results=args.results, out_dir=args.out, run_grid=not args.records_only,
                        log=lambda m: print(f"ntng book: {m}", flush=True))
     print(f"ntng book: open {index}")
+    if args.publish:
+        from ntng.book.publish import publish_site
+
+        publish_site(index.parent, **_publish_target(args), log=lambda m: print(f"ntng book: {m}", flush=True))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from ntng.book.publish import DEFAULT_SITE, publish_site
+
+    publish_site(args.site or DEFAULT_SITE, **_publish_target(args), message=args.message,
+                 log=lambda m: print(f"ntng publish: {m}", flush=True))
     return 0
 
 
@@ -371,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         return {"data": cmd_data, "calibrate": cmd_calibrate, "pretrain": cmd_pretrain,
                 "finetune": cmd_finetune, "book": cmd_book, "sweep": cmd_sweep,
-                "compare": cmd_compare, "probe": cmd_probe, "tune": cmd_tune}[args.command](args)
+                "compare": cmd_compare, "probe": cmd_probe, "tune": cmd_tune, "publish": cmd_publish}[args.command](args)
     except NtngError as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
