@@ -9,7 +9,7 @@ import pytest
 import synthetic_results as syn
 
 from ntng.book import comparison as cmp
-from ntng.book import report
+from ntng.book import run_table
 from ntng.errors import UsageError
 
 
@@ -38,7 +38,7 @@ def test_claims_parse_and_test():
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     syn.write_results(root)
-    return root, report.load_runs(root, syn.PRESET)
+    return root, run_table.load_runs(root, syn.PRESET)
 
 
 def test_verdicts_on_the_synthetic_grid(synthetic):

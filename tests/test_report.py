@@ -5,25 +5,27 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import synthetic_results as syn
 
-from ntng.book import report
+from ntng.book import report, run_table, statistics
+from ntng.training.records import Unreadable, read_metrics_checked
 
 
 def test_rst_to_reach_hand_computed_curves():
     rst, loss = [0, 10, 20], [10.0, 6.0, 4.0]
-    assert report.rst_to_reach(rst, loss, 5.0) == pytest.approx(15.0)  # 10 + (6-5)/(6-4) * 10
-    assert report.rst_to_reach(rst, loss, 6.0) == pytest.approx(10.0)  # exactly at an evaluation
-    assert report.rst_to_reach(rst, loss, 10.0) == 0.0  # already there at the start
-    assert report.rst_to_reach(rst, loss, 8.0) == pytest.approx(5.0)  # halfway down the first segment
-    assert math.isnan(report.rst_to_reach(rst, loss, 3.9))  # never that low
-    assert report.rst_to_reach([20, 0, 10], [4.0, 10.0, 6.0], 5.0) == pytest.approx(15.0)  # order does not matter
+    assert statistics.rst_to_reach(rst, loss, 5.0) == pytest.approx(15.0)  # 10 + (6-5)/(6-4) * 10
+    assert statistics.rst_to_reach(rst, loss, 6.0) == pytest.approx(10.0)  # exactly at an evaluation
+    assert statistics.rst_to_reach(rst, loss, 10.0) == 0.0  # already there at the start
+    assert statistics.rst_to_reach(rst, loss, 8.0) == pytest.approx(5.0)  # halfway down the first segment
+    assert math.isnan(statistics.rst_to_reach(rst, loss, 3.9))  # never that low
+    assert statistics.rst_to_reach([20, 0, 10], [4.0, 10.0, 6.0], 5.0) == pytest.approx(15.0)  # order does not matter
     # not monotone: the *first* crossing counts (10 -> 5 crosses 6 at 8), not the later one
-    assert report.rst_to_reach([0, 10, 20, 30], [10.0, 5.0, 7.0, 4.0], 6.0) == pytest.approx(8.0)
-    assert math.isnan(report.rst_to_reach([], [], 1.0))
+    assert statistics.rst_to_reach([0, 10, 20, 30], [10.0, 5.0, 7.0, 4.0], 6.0) == pytest.approx(8.0)
+    assert math.isnan(statistics.rst_to_reach([], [], 1.0))
 
 
 def _frames(method_final: float, method_rst: float = 10.0):
@@ -38,22 +40,22 @@ def _frames(method_final: float, method_rst: float = 10.0):
 
 def test_time_to_target_speedup_and_lower_bound():
     runs, evals = _frames(5.5)
-    row = report.time_to_target(runs, evals).iloc[0]
+    row = statistics.time_to_target(runs, evals).iloc[0]
     assert row["reached"] and row["baseline_rst"] == pytest.approx(7.5)  # 5 + (6 - 5.5)/(6 - 5) * 5
     assert row["speedup"] == pytest.approx(0.75)
     runs, evals = _frames(4.0, method_rst=8.0)  # below anything the baseline reached
-    row = report.time_to_target(runs, evals).iloc[0]
+    row = statistics.time_to_target(runs, evals).iloc[0]
     assert not row["reached"] and math.isnan(row["speedup"])
     assert row["speedup_at_least"] == pytest.approx(10.0 / 8.0)
 
 
 def test_mean_ci_is_a_student_t_interval():
-    mean, low, high, n = report.mean_ci([1.0, 2.0, 3.0])
+    mean, low, high, n = statistics.mean_ci([1.0, 2.0, 3.0])
     half = 4.303 * 1.0 / math.sqrt(3)  # sd 1, t(0.975, 2) = 4.303
     assert (mean, n) == (2.0, 3) and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
-    assert math.isnan(report.mean_ci([4.0])[1]) and report.mean_ci([4.0, float("nan")])[3] == 1
-    assert report.t_quantile_975(40) == pytest.approx(2.0211, abs=2e-4)
-    assert report.t_quantile_975(120) == pytest.approx(1.9799, abs=2e-4)
+    assert math.isnan(statistics.mean_ci([4.0])[1]) and statistics.mean_ci([4.0, float("nan")])[3] == 1
+    assert statistics.t_quantile_975(40) == pytest.approx(2.0211, abs=2e-4)
+    assert statistics.t_quantile_975(120) == pytest.approx(1.9799, abs=2e-4)
 
 
 def test_paired_difference_and_verdicts():
@@ -61,28 +63,28 @@ def test_paired_difference_and_verdicts():
     runs = pd.DataFrame([{**keys, "method": m, "seed": s, "status": "complete", "final_val_loss": v}
                          for m, s, v in (("baseline", 0, 5.0), ("baseline", 1, 5.2), ("sophia", 0, 5.5),
                                          ("sophia", 1, 5.6), ("sophia", 2, 4.0))])  # seed 2 has no baseline
-    pairs = report.paired_differences(runs)
+    pairs = statistics.paired_differences(runs)
     assert list(pairs["difference"]) == pytest.approx([0.5, 0.4])
-    row = report.difference_to_baseline(runs).iloc[0]
+    row = statistics.difference_to_baseline(runs).iloc[0]
     assert row["seeds"] == 2 and row["mean"] == pytest.approx(0.45)
     half = 12.706 * math.sqrt(0.005) / math.sqrt(2)  # sd of (0.5, 0.4) = sqrt(0.005)
     assert row["ci_low"] == pytest.approx(0.45 - half) and row["verdict"] == "no clear difference"
-    assert report.verdict(-0.2, -0.3, -0.1, 3) == "better" and report.verdict(0.2, 0.1, 0.3, 3) == "worse"
-    assert report.verdict(-0.2, math.nan, math.nan, 1).startswith("one seed")
+    assert statistics.verdict(-0.2, -0.3, -0.1, 3) == "better" and statistics.verdict(0.2, 0.1, 0.3, 3) == "worse"
+    assert statistics.verdict(-0.2, math.nan, math.nan, 1).startswith("one seed")
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     written = syn.write_results(root)
-    return root, written, report.load_runs(root, syn.PRESET)
+    return root, written, run_table.load_runs(root, syn.PRESET)
 
 
 def test_load_runs_keeps_failures_and_lists_damaged_records(synthetic):
     root, written, table = synthetic
     statuses = table.runs.groupby("status").size().to_dict()
     assert statuses == {"complete": 42, "diverged": 1, "failed": 1}
-    listed = {(str(report.Path(d).relative_to(root / syn.PRESET)), f) for d, f, _ in table.unreadable}
+    listed = {(str(Path(d).relative_to(root / syn.PRESET)), f) for d, f, _ in table.unreadable}
     assert listed == set(written["unreadable"].items())
     reasons = {f: r for _, f, r in table.unreadable}
     assert "truncated" in reasons["metrics.csv"] and "invalid JSON" in reasons["summary.json"]
@@ -93,7 +95,7 @@ def test_load_runs_keeps_failures_and_lists_damaged_records(synthetic):
 
 def test_final_loss_table_matches_the_summaries(synthetic):
     root, _, table = synthetic
-    finals = report.final_loss_table(table.runs).set_index(["model", "method", "budget"])
+    finals = statistics.final_loss_table(table.runs).set_index(["model", "method", "budget"])
     for method in ("baseline", "layer_stacking", "lion"):
         for budget, budget_s in syn.BUDGETS.items():
             losses = [json.loads((root / syn.PRESET / "bert" / method / budget / f"seed{s}" / "summary.json")
@@ -107,7 +109,7 @@ def test_final_loss_table_matches_the_summaries(synthetic):
 
 def test_the_collapse_shrinks_with_the_budget_in_the_synthetic_grid(synthetic):
     _, _, table = synthetic
-    diffs = report.difference_to_baseline(table.runs)
+    diffs = statistics.difference_to_baseline(table.runs)
     stacking = diffs[(diffs["model"] == "bert") & (diffs["method"] == "layer_stacking")]
     assert list(stacking["mean"]) == pytest.approx([-0.1, -0.05, -0.025])  # DELTA * 5 / B for B = 5, 10, 20
     text = " ".join(report.trend_sentences(table, ["layer_stacking"]))
@@ -119,7 +121,7 @@ def test_the_collapse_shrinks_with_the_budget_in_the_synthetic_grid(synthetic):
 
 def test_finetune_results_and_a_damaged_one(synthetic):
     _, _, table = synthetic
-    scores = report.finetune_table(table.finetune).set_index(["model", "task", "method", "budget"])
+    scores = statistics.finetune_table(table.finetune).set_index(["model", "task", "method", "budget"])
     assert scores.loc[("bert", "spam_ham", "baseline", "20s")]["mean"] == pytest.approx(0.925)
     assert scores.loc[("bert", "spam_ham", "layer_stacking", "20s")]["floor"] == pytest.approx(0.6)
     assert any(f == "finetune/brown_genre.json" for _, f, _ in table.unreadable)
@@ -128,33 +130,33 @@ def test_finetune_results_and_a_damaged_one(synthetic):
 def test_metrics_checks(tmp_path):
     run = syn.write_run(tmp_path, "bert", "baseline", "5s", 0)
     path = run / "metrics.csv"
-    assert len(report.read_metrics_checked(path, steps=20)) == 21
+    assert len(read_metrics_checked(path, steps=20)) == 21
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-3]))  # whole rows lost: only the summary's step count can tell
-    with pytest.raises(report.Unreadable, match="summary.json says 20 steps"):
-        report.read_metrics_checked(path, steps=20)
+    with pytest.raises(Unreadable, match="summary.json says 20 steps"):
+        read_metrics_checked(path, steps=20)
     path.write_text("".join(lines)[:-4])
-    with pytest.raises(report.Unreadable, match="cut short"):
-        report.read_metrics_checked(path)
+    with pytest.raises(Unreadable, match="cut short"):
+        read_metrics_checked(path)
     path.write_text("step,rst\n1,2\n")
-    with pytest.raises(report.Unreadable, match="header"):
-        report.read_metrics_checked(path)
+    with pytest.raises(Unreadable, match="header"):
+        read_metrics_checked(path)
     path.write_text("".join(lines[:2]) + "3,x,1,1,1,1,1,,\n")
-    with pytest.raises(report.Unreadable, match="not a number"):
-        report.read_metrics_checked(path)
+    with pytest.raises(Unreadable, match="not a number"):
+        read_metrics_checked(path)
     # a record made before the evaluation set had a floor of its own: eight columns, read with val_floor empty
     path.write_text("step,rst_s,wall_s,tokens,train_loss,lr,active_layers,val_loss\n0,0,0,0,,,,7.5\n1,1,1,8,7.4,0.1,4,\n")
-    legacy = report.read_metrics_checked(path, steps=1)
+    legacy = read_metrics_checked(path, steps=1)
     assert list(legacy["val_loss"].dropna()) == [7.5] and legacy["val_floor"].isna().all()
     path.write_text("step,rst_s,wall_s,tokens,train_loss,lr,active_layers,val_loss\n0,0,0,0,,,,7.5,6.5\n")
-    with pytest.raises(report.Unreadable, match="row 1 has 9 of 8"):
-        report.read_metrics_checked(path)
+    with pytest.raises(Unreadable, match="row 1 has 9 of 8"):
+        read_metrics_checked(path)
 
 
 def test_empty_results_give_empty_tables(tmp_path):
-    table = report.load_runs(tmp_path, "smoke")
+    table = run_table.load_runs(tmp_path, "smoke")
     assert table.runs.empty and not table.unreadable
-    assert report.results_table(table).empty and report.final_loss_table(table.runs).empty
+    assert report.results_table(table).empty and statistics.final_loss_table(table.runs).empty
     assert "No runs of dynamic architectures" in report.family_overview(table, "dynamic")
     assert "no readable runs" in report.overview_text(table)
 
@@ -165,9 +167,9 @@ def test_a_variant_is_reported_beside_its_method(synthetic):
     _, _, table = synthetic
     rows = table.runs[table.runs["method"] == syn.VARIANT]
     assert len(rows) == 2 and set(rows["base_method"]) == {"selective_backprop"} and set(rows["family"]) == {"selection"}
-    assert report.label(syn.VARIANT) == "selective backprop (free scoring)"
-    assert report.family_methods(table, "selection") == ["selective_backprop", syn.VARIANT, "rho_loss"]
-    diffs = report.difference_to_baseline(table.runs).set_index(["model", "method", "budget"])
+    assert run_table.label(syn.VARIANT) == "selective backprop (free scoring)"
+    assert run_table.family_methods(table, "selection") == ["selective_backprop", syn.VARIANT, "rho_loss"]
+    diffs = statistics.difference_to_baseline(table.runs).set_index(["model", "method", "budget"])
     assert diffs.loc[("bert", syn.VARIANT, "10s"), "mean"] == pytest.approx(syn.DELTA[syn.VARIANT] * 5 / 10)
-    ordered = list(dict.fromkeys(report.sort_frame(table.runs)["method"]))
+    ordered = list(dict.fromkeys(run_table.sort_frame(table.runs)["method"]))
     assert ordered.index(syn.VARIANT) == ordered.index("selective_backprop") + 1

@@ -125,7 +125,7 @@ _BLOCK = re.compile(r"<!-- only: (?P<name>\w+) -->\n(?P<body>.*?)<!-- end: (?P=n
 def family_blocks(table, family: str) -> set[str]:
     """Which optional sections a family's chapter shows: `layers` when its runs ran another depth than the
     baseline's full stack, `keep` when they report a keep rate (batch selection)."""
-    from ntng.book.report import family_methods
+    from ntng.book.run_table import family_methods
 
     members = family_methods(table, family)
     runs = table.runs[table.runs["method"].isin(members)]
@@ -148,7 +148,7 @@ def stage_families(stage: Path, results: Path, preset: str) -> list[str]:
     template book/family.md; returns their toc entries."""
     import yaml
 
-    from ntng.book.report import FAMILY_NAMES, families_present, load_runs
+    from ntng.book.run_table import FAMILY_NAMES, families_present, load_runs
 
     table = load_runs(results, preset)
     pages = yaml.safe_load((stage / "book" / "families.yml").read_text())
@@ -210,9 +210,9 @@ def records_fingerprint(results: Path, preset: str) -> str:
     if bench_json().is_file():  # the cost chapter reads it
         digest.update(bench_json().read_bytes())
     package = Path(__file__).resolve().parents[1]  # ntng/
-    for module in ("book/report.py", "book/figures.py", "book/verdicts.py", "presets.py", "training/rst.py",
-                   "training/variants.py", "book/departures.py", "experiments/probe.py", "experiments/tuning.py",
-                   "book/scale_report.py"):
+    book = [f"book/{p.name}" for p in sorted((package / "book").glob("*.py"))]  # every module the pages import
+    for module in (*book, "presets.py", "training/rst.py", "training/variants.py", "experiments/probe.py",
+                   "experiments/tuning.py"):
         digest.update((package / module).read_bytes())
     for path in sorted((package / "tables").glob("*.json")):
         digest.update(path.read_bytes())

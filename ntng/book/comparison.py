@@ -132,7 +132,7 @@ def claim_test(speedups: list[float], claim: float) -> float:
 def method_speedups(pairs, evals, method: str) -> list[tuple[float, bool]]:
     """Per complete pair (one model, budget and seed): (speed-up, reached). speed-up = the baseline's RST / the RST
     the method needed to reach the baseline's final loss; 1.0 and reached=False where it never did."""
-    from ntng.book.report import rst_to_reach
+    from ntng.book.statistics import rst_to_reach
 
     out = []
     for _, pair in pairs.iterrows():
@@ -151,7 +151,7 @@ def method_speedups(pairs, evals, method: str) -> list[tuple[float, bool]]:
 
 def summarise(runs, evals, method: str, claim: float | None) -> list[BudgetResult]:
     """Per model x budget: the comparison of `method`'s complete runs with the baseline's of the same seeds."""
-    from ntng.book.report import mean_ci, paired_differences
+    from ntng.book.statistics import mean_ci, paired_differences
 
     chosen = runs[runs["method"].isin(["baseline", method])]
     pairs = paired_differences(chosen)
@@ -183,7 +183,7 @@ def compare(method: str, models=("bert",), budgets=None, seeds=None, preset: str
             data_dir: str | Path | None = None, log=print) -> Comparison:
     """Run what is missing of `method` (with `settings`, `--set KEY=VALUE`) and the baseline, then compare them
     (see the module docstring). Bad input raises UsageError before anything runs."""
-    from ntng.book.report import load_runs
+    from ntng.book.run_table import load_runs
     from ntng.experiments.grid import sweep
     from ntng.training.variants import run_name, with_settings
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ntng.book.report import label, method_order
+from ntng.book.run_table import label, method_order
 from ntng.book.verdicts import GAIN_MARGIN_NATS, judge, paired_cells, registry_claims
 from ntng.presets import format_budget
 

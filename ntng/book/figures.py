@@ -1,4 +1,4 @@
-"""The book's figures (seaborn on matplotlib), each a pure function of `ntng.book.report` DataFrames that returns a
+"""The book's figures (seaborn on matplotlib), each a pure function of `ntng.book.run_table` / `ntng.book.statistics` DataFrames that returns a
 matplotlib Figure, or None when there is nothing to draw. No pyplot state: figures are built with
 `matplotlib.figure.Figure`, so a notebook shows exactly what `show` displays.
 """
@@ -17,8 +17,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ntng.book import report
-from ntng.book.report import label, method_order, sort_frame
+from ntng.book import run_table, statistics
+from ntng.book.run_table import label, method_order, sort_frame
 from ntng.training.variants import base_method
 
 BASELINE_COLOR = "black"
@@ -27,13 +27,13 @@ COLOURS = sns.color_palette("colorblind", 10)
 
 def colour(method: str):
     """The baseline is black; every other method takes the next colour of the colorblind palette in the study's
-    order of the methods the records hold (`report.method_order`); a variant takes its method's colour, darkened,
+    order of the methods the records hold (`run_table.method_order`); a variant takes its method's colour, darkened,
     so it reads as that method's sibling."""
     base = base_method(method)
     if base == "baseline":
         own = BASELINE_COLOR
     else:
-        known = sorted({m for m in report.METHOD_META if m != "baseline"} | {base}, key=method_order)
+        known = sorted({m for m in run_table.METHOD_META if m != "baseline"} | {base}, key=method_order)
         own = COLOURS[known.index(base) % len(COLOURS)]
     return own if method == base else tuple(0.55 * c for c in matplotlib.colors.to_rgb(own))
 
@@ -196,7 +196,7 @@ def final_loss(finals: pd.DataFrame, runs: pd.DataFrame, methods) -> Figure | No
         return None
     complete = runs[runs["status"] == "complete"]
     fig = _budget_intervals(table, complete, "final_val_loss", "final validation loss", _models(table), spread=0.12)
-    floor_of = report.floors(runs)
+    floor_of = statistics.floors(runs)
     for ax, model in zip(fig.axes, _models(table), strict=False):
         _floor_line(ax, floor_of.get(model))
     return fig

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ntng.book.figures import COLUMN_INCHES
-from ntng.book.report import load_runs
+from ntng.book.run_table import load_runs
 from ntng.experiments.tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
 from ntng.presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 

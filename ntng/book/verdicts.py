@@ -40,7 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ntng.book.report import label, markdown_table, mean_ci, method_order
+from ntng.book.report import markdown_table
+from ntng.book.run_table import label, method_order
+from ntng.book.statistics import mean_ci
 from ntng.presets import format_budget
 
 # The smallest gain the verdicts treat as a gain worth having, in nats of validation loss. Three paired seeds
@@ -94,7 +96,7 @@ def paired_cells(runs: pd.DataFrame, model: str, method: str, against: str, excl
 
     `factor` k != 1: `against` is read at k times the method's budget, per seed, linearly in log budget between its
     runs either side (`loss_at_budget`). `at_fraction` f < 1: the method's loss is its evaluation at f of its budget
-    B (`evals`: ntng.book.report's evaluation rows), against complete runs of budget f B; the cell's budget is f B."""
+    B (`evals`: ntng.book.run_table's evaluation rows), against complete runs of budget f B; the cell's budget is f B."""
     if runs.empty:
         return []
     done = runs[(runs["status"] == "complete") & (runs["model"] == model) & ~runs["seed"].isin(list(exclude_seeds))]
@@ -243,7 +245,7 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
                evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim x model with evidence: the claim, its source, the paired differences per budget, the
     verdict, the rule's reason and what would change it. `claims_of(method)` gives a method's claims (a method the
-    registry does not know has none); `evals` (ntng.book.report's evaluation rows) evidences claims about a run part-way."""
+    registry does not know has none); `evals` (ntng.book.run_table's evaluation rows) evidences claims about a run part-way."""
     cols = ["model", "method", "claim", "expects", "number", "source", "against", "evidence", "seeds", "verdict",
             "why", "would_change"]
     if runs.empty:
@@ -371,7 +373,7 @@ def glance(results: str | Path, preset: str) -> str:
     """The results at a glance (markdown, computed from the records of results/<preset>): per method and model, its
     final validation loss minus the baseline's at each budget (mean over the seeds that count) and the verdicts of
     its claims. The README shows it (tools/make_readme.py); the book's "What held" has the evidence."""
-    from ntng.book.report import load_runs
+    from ntng.book.run_table import load_runs
 
     table = load_runs(results, preset)
     runs = table.runs

@@ -191,7 +191,7 @@ class Method:
     @classmethod
     def findings(cls, runs, exclude_seeds=()):
         """What the method's records show beyond its claims, for its book chapter: (a paragraph of markdown, a
-        pandas DataFrame or None), or None for nothing. `runs`: ntng.book.report's table of runs (every method's,
+        pandas DataFrame or None), or None for nothing. `runs`: ntng.book.run_table's table of runs (every method's,
         with `run_dir`); `exclude_seeds`: the tuning seed(s)."""
         return None
 
