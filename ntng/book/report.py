@@ -87,7 +87,7 @@ def fmt_ci(mean, low, high, digits: int = 3, signed: bool = False) -> str:
 
 # Where a line must not break inside a number: between a number and its interval ("6.125 [6.100, 6.150]"), inside
 # the interval, and after a budget's colon ("2m: -0.012"). Text around them still wraps.
-_NUMBER_SPACES = re.compile(r"(?<=\d) (?=\[)|(?<=,) (?=[-+\u2212]?\d)|(?<=:) (?=[-+\u2212]?\d)")
+_NUMBER_SPACES = re.compile(r"(?<=\d) (?=\[)|(?<=,) (?=[-+\u2212]?\d[\d.]*\])|(?<=:) (?=[-+\u2212]?\d)")
 
 
 def keep_numbers_whole(text: str) -> str:
