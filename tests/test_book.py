@@ -280,3 +280,23 @@ def test_the_book_can_be_built_from_the_records_alone(monkeypatch, tmp_path):
     assert cli.main(["book", "--preset", "cpu", "--records-only", "--results", str(tmp_path)]) == 0
     assert cli.main(["book", "--preset", "cpu", "--results", str(tmp_path)]) == 0
     assert [c["run_grid"] for c in calls] == [False, True] and calls[0]["preset"] == "cpu"
+
+
+@pytest.mark.parametrize("statuses,tutorial_runs", [(["skipped", "skipped"], False), (["skipped", "complete"], True)])
+def test_committed_records_build_the_book_without_training(tmp_path, monkeypatch, statuses, tutorial_runs):
+    """Where every cell of the grid is complete nothing trains, the tutorial (which trains) included; where the
+    grid ran a cell, the tutorial runs too."""
+    import ntng.book.build as build
+    from ntng.experiments import grid
+
+    class Stop(Exception):
+        pass
+
+    ran = []
+    monkeypatch.setattr(grid, "sweep", lambda **kw: [{"status": s} for s in statuses])
+    monkeypatch.setattr(build, "run_tutorial", lambda *a, **kw: ran.append(a))
+    monkeypatch.setattr(build, "calibrate_here", lambda *a, **kw: None)
+    monkeypatch.setattr(build, "stage_sources", lambda *a, **kw: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        build_book(preset="smoke", results=tmp_path / "results", run_grid=True, log=lambda m: None)
+    assert bool(ran) is tutorial_runs

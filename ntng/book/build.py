@@ -257,9 +257,13 @@ def build_book(preset: str = "smoke", results: str | Path = "results", run_grid:
         # second thread, so two one-thread cells finish the grid sooner); a GPU preset runs one cell at a time
         jobs = 1 if spec.ray_gpus else max(1, int((os.cpu_count() or 1) // spec.ray_cpus))
         log(f"running the {preset} grid into {results}, {jobs} cell(s) at a time (complete runs are skipped)")
-        sweep(preset=preset, results=results, finetune=spec.book_finetune_budgets(), jobs=jobs,
-              ablations=True, log=log)
-        run_tutorial(results, preset, log=log)
+        rows = sweep(preset=preset, results=results, finetune=spec.book_finetune_budgets(), jobs=jobs,
+                     ablations=True, log=log)
+        if any(r["status"] != "skipped" for r in rows) or tutorial_path(results, preset).is_file():
+            run_tutorial(results, preset, log=log)
+        else:  # committed records build the book without training; the tutorial trains, so it waits for a grid run
+            log("every cell of the grid was complete: the book is built from the records without training, and "
+                "without the tutorial chapter (it trains; it runs with the grid into a fresh --results)")
     if calibrate if calibrate is not None else run_grid:
         calibrate_here(results, preset, MODELS, log=log)
 
