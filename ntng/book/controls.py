@@ -48,9 +48,10 @@ def controlled_claims(runs: pd.DataFrame, claims_of=registry_claims) -> list[tup
 
 def split_control(runs: pd.DataFrame, exclude_seeds=(), margin: float = GAIN_MARGIN_NATS,
                   claims_of=registry_claims) -> tuple[pd.DataFrame, list[str]]:
-    """Per method held against a control and model: its evidence and verdict against the baseline on all the data
-    and against the control, and what the control's data costs the baseline itself (control minus baseline).
-    Returns the table and one sentence per row saying whether the control changes the verdict."""
+    """Per method held against a control and model, three rows: what the control's data costs the baseline itself
+    (control minus baseline), and the method's evidence and verdict against the baseline on all the data and against
+    the control. Returns the table and one sentence per method and model saying whether the control changes the
+    verdict."""
     rows, sentences = [], []
     for name, twin, controlled in controlled_claims(runs, claims_of):
         control = controlled.against
@@ -63,10 +64,12 @@ def split_control(runs: pd.DataFrame, exclude_seeds=(), margin: float = GAIN_MAR
                 continue
             v_full, _, _ = judge(twin.expects, full, margin)
             v_control, why, _ = judge(controlled.expects, against, margin) if against else ("no runs", "", "")
-            rows.append({"model": model, "method": label(name), "claim": twin.text,
-                         f"{label(control)} minus {label(FULL_BASELINE)}": _evidence(cost),
-                         f"minus {label(FULL_BASELINE)}": _evidence(full), "verdict": v_full,
-                         f"minus {label(control)}": _evidence(against), "verdict against the control": v_control})
+            rows += [{"model": model, "difference": f"{label(control)} minus {label(FULL_BASELINE)}",
+                      "per budget, mean [95% interval]": _evidence(cost), "verdict": "(what the data costs)"},
+                     {"model": model, "difference": f"{label(name)} minus {label(FULL_BASELINE)}",
+                      "per budget, mean [95% interval]": _evidence(full), "verdict": v_full},
+                     {"model": model, "difference": f"{label(name)} minus {label(control)}",
+                      "per budget, mean [95% interval]": _evidence(against), "verdict": v_control}]
             if not against:
                 sentences.append(f"**{label(name)}, {model}**: the control ({label(control)}) has no runs paired "
                                  f"with the method's yet, so it cannot change the verdict ({v_full}).")

@@ -183,6 +183,11 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
                              palette=palette_for(_methods(part)), hue_order=_methods(part), marker="o", markersize=4, ax=ax,
                              linewidth=1.4)
             _floor_line(ax, (floors or {}).get(model))
+            later = part[part["rst_s"] > 0]["val_loss"]  # the untrained model's first evaluation would flatten the rest
+            if len(later):
+                floor = (floors or {}).get(model)
+                low, high = later.min(), max(later.max(), floor if floor is not None and math.isfinite(floor) else -math.inf)
+                ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="RST (s)", ylabel="validation loss")
     _legend_outside(fig, axes[0][0])
     return fig

@@ -180,7 +180,8 @@ def trend_sentences(table: RunTable, methods, exclude_seeds=()) -> list[str]:
             trend = (f" The gap {'narrows' if narrows else 'does not narrow'} from {abs(first):.3f} to "
                      f"{abs(last):.3f} nats as the budget grows {g.iloc[-1]['budget_rst_s'] / g.iloc[0]['budget_rst_s']:g}x.")
         seeds = "-".join(map(str, sorted({int(g["seeds"].min()), int(g["seeds"].max())})))
-        out.append(f"**{label(method)}, {model}** ({seeds} seeds; 95% intervals): {steps}.{trend}")
+        out.append(f"**{label(method)}, {model}** ({seeds} seed{'' if seeds == '1' else 's'}; 95% intervals): "
+                   f"{steps}.{trend}")
     return out
 
 
