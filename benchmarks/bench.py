@@ -37,8 +37,10 @@ from ntng.data.splits import select_split
 from ntng.errors import UsageError
 from ntng.methods import paper_methods
 from ntng.presets import get_preset, parse_budget
-from ntng.training.loop import Trainer, autocast_dtype, describe_machine, pick_device, pretrain, resolve
+from ntng.training.device import autocast_dtype, describe_machine, pick_device
+from ntng.training.loop import Trainer, pretrain
 from ntng.training.records import write_json
+from ntng.training.spec import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = paper_methods()  # the study's seven

@@ -151,7 +151,8 @@ def resume_check(preset, data_dir: Path, work: Path) -> dict:
     import torch
 
     import ntng
-    from ntng.training.loop import Trainer, resolve
+    from ntng.training.loop import Trainer
+    from ntng.training.spec import resolve
 
     budget = budget_for("bert", preset)
     whole = ntng.pretrain(model="bert", method="baseline", budget=budget, preset=preset,

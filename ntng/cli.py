@@ -278,7 +278,7 @@ def cmd_data(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from ntng.training.calibration import calibrate
-    from ntng.training.loop import check_writable
+    from ntng.training.spec import check_writable
 
     out = args.out or Path(f"rst-{args.preset}-{args.model}.json")
     check_writable(out, is_file=True)

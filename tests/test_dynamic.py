@@ -24,6 +24,7 @@ from ntng.presets import PRESETS, get_preset
 from ntng.training import loop as train
 from ntng.training.optim import build_optimizer
 from ntng.training.rst import RSTClock, shipped_table
+from ntng.training.spec import resolve
 
 SMOKE = PRESETS["smoke"]
 
@@ -129,7 +130,7 @@ def test_stacking_run_switches_depth_at_the_schedule_points(built_fixture, tmp_p
 def test_stacked_run_resumes_after_a_doubling(built_fixture, tmp_path):
     data_dir, _ = built_fixture
     whole = pretrain(built_fixture, tmp_path, "whole", budget="4s", method="layer_stacking", model="t5")
-    spec = train.resolve("t5", "layer_stacking", "4s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
+    spec = resolve("t5", "layer_stacking", "4s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
     trainer = train.Trainer(spec, log=lambda m: None)
     trainer.train(stop_after_steps=int(whole["steps"] * 0.5))  # past the second doubling and a checkpoint
     resumed = pretrain(built_fixture, tmp_path, "cut", budget="4s", method="layer_stacking", model="t5", resume=True)

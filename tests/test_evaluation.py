@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ntng.experiments.grid import stale_settings
+from ntng.experiments.cells import stale_settings
 from ntng.presets import PRESETS
-from ntng.training import loop as train
 from ntng.training.evaluation import eval_window_indices, mean_loss, target_floor_losses, unigram_log_probs
+from ntng.training.spec import changed_settings, settings_in_force
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,15 +70,15 @@ def test_the_loss_is_the_mean_over_every_target_not_over_micro_batches():
 
 def test_a_run_evaluated_on_another_set_or_precision_is_stale():
     cpu = PRESETS["cpu"]
-    now = train.settings_in_force("bert", "baseline", cpu)
+    now = settings_in_force("bert", "baseline", cpu)
     assert now["evaluation"]["eval_sequences"] is None and now["evaluation"]["precision"] == "float32"
     made_today = {"recipe": now["recipe"], "method_settings": now["method_settings"],
                   "evaluation": {**now["evaluation"], "fingerprint": "abc", "floor": 6.9}, "precision": "float32"}
-    assert train.changed_settings(made_today, now) == []
+    assert changed_settings(made_today, now) == []
     in_bf16 = {**made_today, "precision": "bfloat16"}
-    assert train.changed_settings(in_bf16, now) == ["evaluation.precision"]
+    assert changed_settings(in_bf16, now) == ["evaluation.precision"]
     on_a_prefix = {**made_today, "evaluation": None, "recipe": {**now["recipe"], "eval_sequences": 512}}
-    assert train.changed_settings(on_a_prefix, now) == [
+    assert changed_settings(on_a_prefix, now) == [
         "evaluation.eval_points", "evaluation.eval_sequences", "evaluation.mask_seed", "evaluation.selection"]
 
 

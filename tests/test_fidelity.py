@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ntng.errors import UsageError
-from ntng.experiments.grid import check_methods, plan_ablations
+from ntng.experiments.cells import check_methods, plan_ablations
 from ntng.methods import build_method, paper_ablations
 from ntng.presets import PRESETS, middle_budget
 from ntng.training.variants import describe, parse_variant, variant_name
@@ -98,7 +98,7 @@ def test_the_ablations_run_at_the_middle_budget_on_bert(tmp_path):
 
 
 def test_a_variant_resolves_to_its_method_flags_and_run_directory(built_fixture, tmp_path, monkeypatch):
-    from ntng.training.loop import resolve
+    from ntng.training.spec import resolve
 
     data_dir, _ = built_fixture
     monkeypatch.chdir(tmp_path)
@@ -157,14 +157,14 @@ def test_departures_page_lists_each_departure_with_its_figures_computed():
 
 
 def test_sweep_adds_the_ablations_at_the_middle_budget(built_fixture, tmp_path, monkeypatch):
-    from ntng.experiments import grid
+    from ntng.experiments import executors, grid
 
     started = []
 
     def execute(tasks, jobs, on_done):  # record what would run; every cell "completes"
         for k, task in enumerate(tasks):
             started.append((task["model"], task["method"], task["budget"]))
-            on_done(k, grid._result(task, "complete", None, 0.0))
+            on_done(k, executors._result(task, "complete", None, 0.0))
 
     monkeypatch.setattr(grid, "_execute_local", execute)
     rows = grid.sweep(preset="tiny", models=["bert", "t5"], methods=["baseline"], budgets=["1s", "2s", "4s"],

@@ -17,6 +17,7 @@ from ntng.presets import PRESETS, get_preset
 from ntng.training import loop as train
 from ntng.training import rst
 from ntng.training.optim import Lion, SophiaG
+from ntng.training.spec import resolve
 
 # the optimizer steps' prices in the test tables: distinct, so the breakdown shows which one was charged
 LION_STEP, SOPHIA_STEP = 0.0071, 0.0093
@@ -152,7 +153,7 @@ def test_sophia_resumes_to_the_same_result(built_fixture, bert_sophia, tmp_path)
     table = priced_table(tmp_path, "bert")
     whole, whole_dir = bert_sophia
     assert whole["steps"] > 15
-    spec = train.resolve("bert", "sophia", "4s", "tiny", 0, tmp_path / "cut", data_dir=data_dir, rst_table=table)
+    spec = resolve("bert", "sophia", "4s", "tiny", 0, tmp_path / "cut", data_dir=data_dir, rst_table=table)
     partial = train.Trainer(spec, log=lambda m: None).train(stop_after_steps=15)  # between two estimates
     assert partial["status"] == "running"
     resumed = run(built_fixture, tmp_path, name="cut", budget="4s", resume=True)

@@ -166,6 +166,7 @@ def test_corrupt_records_give_errors_naming_the_file(built_fixture, tmp_path):
     from ntng.errors import RunError, UsageError
     from ntng.training import loop as train
     from ntng.training.records import RunDir
+    from ntng.training.spec import resolve
 
     data_dir, _ = built_fixture
     run = tmp_path / "run"
@@ -186,7 +187,7 @@ def test_corrupt_records_give_errors_naming_the_file(built_fixture, tmp_path):
         RunDir(run).read_summary()
     (run / "config.json").write_text("[]")
     with pytest.raises(UsageError, match=r"cannot resume: corrupt .*config\.json"):
-        train.resolve("bert", "baseline", "1s", "tiny", 0, run, resume=True, data_dir=data_dir)
+        resolve("bert", "baseline", "1s", "tiny", 0, run, resume=True, data_dir=data_dir)
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RunError, match=r"corrupt .*checkpoint\.pt"):
         RunDir(run).load_checkpoint()

@@ -323,7 +323,7 @@ def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():
 def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them(tmp_path, built_fixture):
     from dataclasses import replace
 
-    from ntng.training.loop import resolve
+    from ntng.training.spec import resolve
 
     data = built_fixture[0]
     tuned = replace(get_preset("tiny"), method_options={"bert": {"layer_dropping": {"gamma_factor": 50.0}}})

@@ -20,6 +20,7 @@ from ntng.training import loop as train
 from ntng.training import rst
 from ntng.training.optim import decay_groups
 from ntng.training.records import RunDir
+from ntng.training.spec import resolve
 
 SMOKE = PRESETS["smoke"]
 STEP_PRICE = 0.0077  # the test table's price of a Schedule-Free step: its own, so the breakdown shows it was charged
@@ -226,8 +227,8 @@ def test_the_loop_evaluates_and_saves_the_averaged_weights(built_fixture, tmp_pa
     state = RunDir(tmp_path / "run").load_checkpoint()
     groups = state["optimizer"]["param_groups"]
     assert all(g["train_mode"] is False and g["k"] == summary["steps"] for g in groups)
-    spec = train.resolve(model, "schedule_free", "1s", "tiny", 0, tmp_path / "run", resume=True,
-                         rst_table=priced_table(tmp_path, model), data_dir=built_fixture[0])
+    spec = resolve(model, "schedule_free", "1s", "tiny", 0, tmp_path / "run", resume=True,
+                   rst_table=priced_table(tmp_path, model), data_dir=built_fixture[0])
     trainer = train.Trainer(spec, log=lambda m: None)
     trainer.run.model.load_state_dict(state["model"])
     trainer.run.optimizer.load_state_dict(state["optimizer"])
@@ -240,8 +241,8 @@ def test_the_loop_evaluates_and_saves_the_averaged_weights(built_fixture, tmp_pa
 def test_an_interrupted_run_resumes_to_the_same_result(built_fixture, tmp_path):
     whole = run(built_fixture, tmp_path, name="whole", budget="1.5s")
     assert whole["steps"] >= 6
-    spec = train.resolve("bert", "schedule_free", "1.5s", "tiny", 0, tmp_path / "cut",
-                         rst_table=priced_table(tmp_path, "bert"), data_dir=built_fixture[0])
+    spec = resolve("bert", "schedule_free", "1.5s", "tiny", 0, tmp_path / "cut",
+                   rst_table=priced_table(tmp_path, "bert"), data_dir=built_fixture[0])
     partial = train.Trainer(spec, log=lambda m: None).train(stop_after_steps=3)  # "killed" after step 3
     assert partial["status"] == "running"
     kept = RunDir(tmp_path / "cut").load_checkpoint()  # written at x, mid-run: the resume starts from it

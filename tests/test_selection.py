@@ -24,6 +24,7 @@ from ntng.models.pretraining import build_model
 from ntng.presets import get_preset
 from ntng.training import loop as train
 from ntng.training.rst import RSTClock, shipped_table
+from ntng.training.spec import resolve
 
 
 def pretrain(built, tmp_path, name, **kwargs):
@@ -256,8 +257,8 @@ def test_rho_loss_run_builds_the_il_model_then_reuses_it(il_model, built_fixture
 def test_il_losses_line_up_with_ids_after_a_reshuffle(il_model, built_fixture):
     data_dir, _ = built_fixture
     first, tmp, _ = il_model
-    spec = train.resolve("bert", "rho_loss", "3s", "tiny", 0, tmp / "unused", data_dir=data_dir,
-                         method_options={"il_budget_s": 2.0})
+    spec = resolve("bert", "rho_loss", "3s", "tiny", 0, tmp / "unused", data_dir=data_dir,
+                   method_options={"il_budget_s": 2.0})
     ids, losses, info = ensure_il_losses(spec, 2.0, 0, train.pretrain, log=lambda m: None)
     assert info["reused"] is True and np.all(ids[1:] > ids[:-1])
     from ntng.data import corpus as data_mod
@@ -291,7 +292,7 @@ def test_free_scoring_makes_scoring_free_and_buys_more_steps(built_fixture, tmp_
 def test_selective_backprop_resumes_to_the_same_result(built_fixture, tmp_path, model):
     data_dir, _ = built_fixture
     whole = pretrain(built_fixture, tmp_path, "whole", model=model, method="selective_backprop")
-    spec = train.resolve(model, "selective_backprop", "3s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
+    spec = resolve(model, "selective_backprop", "3s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
     train.Trainer(spec, log=lambda m: None).train(stop_after_steps=int(whole["steps"] * 0.6))
     resumed = pretrain(built_fixture, tmp_path, "cut", model=model, method="selective_backprop", resume=True)
     assert (resumed["steps"], resumed["rst_s"], resumed["final_val_loss"], resumed["method_stats"]) == (
@@ -304,9 +305,9 @@ def test_baseline_on_the_rho_split_and_split_mismatches(built_fixture, tmp_path)
     assert summary["status"] == "complete" and summary["data_split"] == "rho_main"
     assert pretrain(built_fixture, tmp_path, "base", budget="1s")["data_split"] == "full"
     with pytest.raises(UsageError, match="rho_main"):
-        train.resolve("bert", "rho_loss", "3s", "tiny", 0, tmp_path / "x", data_dir=data_dir, data_split="full")
+        resolve("bert", "rho_loss", "3s", "tiny", 0, tmp_path / "x", data_dir=data_dir, data_split="full")
     with pytest.raises(UsageError, match="data split"):
-        train.resolve("bert", "baseline", "3s", "tiny", 0, tmp_path / "y", data_dir=data_dir, data_split="most")
+        resolve("bert", "baseline", "3s", "tiny", 0, tmp_path / "y", data_dir=data_dir, data_split="most")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from ntng.errors import UsageError
 from ntng.methods import build_method
-from ntng.training.loop import pretrain, resolve
+from ntng.training.loop import pretrain
+from ntng.training.spec import resolve
 from ntng.training.variants import expand_settings, with_settings
 
 

@@ -16,11 +16,13 @@ import pytest
 
 from ntng import cli
 from ntng.errors import UsageError
-from ntng.experiments import grid
+from ntng.experiments import executors, grid
+from ntng.experiments.cells import cell_state, plan_grid, run_order
 from ntng.methods import build_method
 from ntng.training import loop as train
 from ntng.training import progress
 from ntng.training.records import RunDir
+from ntng.training.spec import changed_settings, resolve, settings_in_force
 
 from conftest import TINY_PRESET
 
@@ -101,7 +103,7 @@ def test_grid_completes_locally_and_a_second_call_runs_nothing(local_grid, built
     def must_not_run(*args, **kwargs):
         raise AssertionError("a complete cell was started again")
 
-    monkeypatch.setattr(grid, "run_cell", must_not_run)
+    monkeypatch.setattr(executors, "run_cell", must_not_run)
     monkeypatch.setenv("NTNG_DATA_DIR", str(built_fixture[0]))
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
     code = cli.main(["sweep", "--preset", "tiny", "--models", "t5", "--methods", "baseline", "lion",
@@ -127,7 +129,7 @@ def test_a_run_made_before_a_default_changed_is_not_taken_for_the_cell(local_gri
     halved = build_method("lion", "t5", tiny).settings()["lr"] / 2
     retuned = replace(tiny, method_options={"t5": {"lion": {"lr": halved}}})
     monkeypatch.setattr(grid, "get_preset", lambda name: retuned)
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("a finished cell was started again"))
+    monkeypatch.setattr(executors, "run_cell", lambda *a, **k: pytest.fail("a finished cell was started again"))
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
     again = grid.sweep(**GRID, results=results, data_dir=built_fixture[0], log=lambda m: None)
     assert {(r["method"], r["status"]) for r in again} == {("baseline", "skipped"), ("lion", "failed")}
@@ -150,8 +152,8 @@ def test_a_change_concerns_only_the_runs_that_read_it():
                     method_options=options)
 
     def changed(method):
-        return train.changed_settings(train.settings_in_force("bert", method, cpu),
-                                      train.settings_in_force("bert", method, moved))
+        return changed_settings(settings_in_force("bert", method, cpu),
+                                settings_in_force("bert", method, moved))
 
     assert changed("baseline") == changed("layer_stacking") == ["recipe.lr"]
     assert changed("layer_dropping") == ["method_settings.lr"]  # BERT's layer dropping takes the baseline's peak
@@ -191,7 +193,7 @@ def test_fine_tuning_follows_pre_training_once(local_grid, built_fixture, monkey
         assert result["task"] == task and result["model"] == "t5" and "best_dev_score" in result
     assert "spam_ham" in notebook_text(run_dir / "finetune" / "notebook.ipynb")
 
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("an up-to-date cell was started again"))
+    monkeypatch.setattr(executors, "run_cell", lambda *a, **k: pytest.fail("an up-to-date cell was started again"))
     (again,) = grid.sweep(**cell, finetune=True)
     assert (again["status"], again["finetune"]) == ("skipped", "skipped")
     assert "finetune" in grid.format_table([again]).splitlines()[0]
@@ -273,7 +275,7 @@ def test_a_half_finished_cell_is_resumed_not_restarted(built_fixture, tmp_path, 
     data_dir, _ = built_fixture
     results = tmp_path / "results"
     run_dir = results / "tiny" / "t5" / "baseline" / "4s" / "seed0"
-    spec = train.resolve("t5", "baseline", "4s", "tiny", 0, run_dir, data_dir=data_dir)
+    spec = resolve("t5", "baseline", "4s", "tiny", 0, run_dir, data_dir=data_dir)
     partial = train.Trainer(spec, log=quiet).train(stop_after_steps=7)  # "killed" after its first checkpoints
     assert partial["status"] == "running" and (run_dir / "checkpoint.pt").exists()
     checkpoint = torch_load_step(run_dir / "checkpoint.pt")
@@ -326,26 +328,26 @@ def test_sweep_without_data_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def test_plan_and_states(tmp_path):
-    cells = grid.plan_grid("smoke", ["bert"], ["baseline", "lion"], ["60s", "1m", "90s"], [0, 1], tmp_path)
+    cells = plan_grid("smoke", ["bert"], ["baseline", "lion"], ["60s", "1m", "90s"], [0, 1], tmp_path)
     assert [c.name for c in cells] == ["bert/baseline/1m/seed0", "bert/baseline/1m/seed1", "bert/baseline/90s/seed0",
                                        "bert/baseline/90s/seed1", "bert/lion/1m/seed0", "bert/lion/1m/seed1",
                                        "bert/lion/90s/seed0", "bert/lion/90s/seed1"]
     assert cells[0].run_dir == tmp_path / "smoke" / "bert" / "baseline" / "1m" / "seed0"
     run_dir = tmp_path / "cell"
-    assert grid.cell_state(run_dir) == "fresh"
+    assert cell_state(run_dir) == "fresh"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
     (run_dir / "config.json").write_text("{}")
-    assert grid.cell_state(run_dir) == "fresh"  # killed before its first checkpoint: nothing to resume from
+    assert cell_state(run_dir) == "fresh"  # killed before its first checkpoint: nothing to resume from
     (run_dir / "checkpoint.pt").write_bytes(b"x")
-    assert grid.cell_state(run_dir) == "resume"
+    assert cell_state(run_dir) == "resume"
     (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
-    assert grid.cell_state(run_dir) == "resume"
+    assert cell_state(run_dir) == "resume"
     (run_dir / "summary.json").write_text("{not json")
-    assert grid.cell_state(run_dir) == "resume"
+    assert cell_state(run_dir) == "resume"
     for status in ("complete", "diverged"):
         (run_dir / "summary.json").write_text(json.dumps({"status": status}))
-        assert grid.cell_state(run_dir) == status
+        assert cell_state(run_dir) == status
 
 
 def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
@@ -372,7 +374,7 @@ def test_presets_name_their_seeds_and_ray_requests(tmp_path, monkeypatch):
 def test_the_default_grid_is_the_papers_named_methods_run_on_every_model(built_fixture, tmp_path, monkeypatch):
     planned = []
     monkeypatch.setattr(grid, "_execute_local", lambda tasks, jobs, on_done: planned.extend(
-        (t["model"], t["method"]) for t in tasks) or [on_done(k, grid._result(t, "failed", None, 0.0, "not run"))
+        (t["model"], t["method"]) for t in tasks) or [on_done(k, executors._result(t, "failed", None, 0.0, "not run"))
                                                       for k, t in enumerate(tasks)])
     common = {"preset": "tiny", "budgets": ["5s"], "seeds": [0], "results": tmp_path, "data_dir": built_fixture[0],
               "log": lambda m: None}
@@ -402,7 +404,7 @@ def test_each_models_first_rho_cell_starts_first_and_its_others_last():
     cells = [(model, method, budget) for model in ("bert", "t5") for method in ("baseline", "rho_loss", "lion")
              for budget in ("3s", "6s")]
     tasks = [{"model": m, "method": meth, "budget": b} for m, meth, b in cells]
-    order = [cells[k] for k in grid.run_order(tasks)]
+    order = [cells[k] for k in run_order(tasks)]
     assert order[:2] == [("bert", "rho_loss", "3s"), ("t5", "rho_loss", "3s")]  # they build the IL models
     assert order[-2:] == [("bert", "rho_loss", "6s"), ("t5", "rho_loss", "6s")]  # they reuse them
     assert sorted(order) == sorted(cells)

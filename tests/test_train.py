@@ -19,6 +19,7 @@ from ntng.errors import RunError, UsageError
 from ntng.training import loop as train
 from ntng.training import rst, schedules
 from ntng.training.records import METRIC_COLUMNS, RunDir
+from ntng.training.spec import resolve
 
 
 def run(built, tmp_path, name="run", **kwargs):
@@ -123,7 +124,7 @@ def test_same_seed_same_losses_other_seed_other_losses(built_fixture, tmp_path):
 def test_interrupted_run_resumes_to_the_same_result(built_fixture, tmp_path):
     data_dir, _ = built_fixture
     whole = run(built_fixture, tmp_path, name="whole", budget="5s")
-    spec = train.resolve("bert", "baseline", "5s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
+    spec = resolve("bert", "baseline", "5s", "tiny", 0, tmp_path / "cut", data_dir=data_dir)
     partial = train.Trainer(spec, log=lambda m: None).train(stop_after_steps=17)  # "killed" after step 17
     assert partial["status"] == "running" and json.loads((tmp_path / "cut" / "summary.json").read_text())[
         "status"] == "running"
