@@ -226,7 +226,8 @@ def build_parser() -> OneLineParser:
                        description="Try each hyper-parameter the paper tuned (Appendix C; each method's tuning()) at "
                        "three values, one axis at a time around the preset's current values, at one budget (default: "
                        "the preset's smallest) and seed, into RESULTS/<preset>/<model>/<variant>/<budget>/seed<k>/; "
-                       "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it. A real "
+                       "the plan is kept in RESULTS/<preset>/tuning.json and the same command continues it; --methods that "
+                       "the plan does not hold join it on its terms. A real "
                        "value chosen at the edge of those tried is followed one factor further, at most twice. Prints "
                        "each axis's final losses and the chosen value (the lowest, by a margin of noise).")
     _grid_arguments(p, presets, "default: every method on the models the paper ran it on")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import metrics, pretrain_tiny, priced_table
 
 from ntng.errors import UsageError
 from ntng.methods import build_method
@@ -23,29 +22,14 @@ from ntng.training.spec import resolve
 LION_STEP, SOPHIA_STEP = 0.0071, 0.0093
 
 
-def priced_table(tmp_path: Path, model: str) -> Path:
-    """The shipped smoke table plus 'lion' and 'sophia' optimizer step times (the shipped ones may lack them)."""
-    raw = json.loads(rst.shipped_table_path("smoke", model).read_text())
-    raw["units"]["optimizer"].update({"lion": LION_STEP, "sophia": SOPHIA_STEP})
-    raw["name"] = f"smoke-{model}-with-lion-sophia"
-    path = tmp_path / f"{model}-table.json"
-    path.write_text(json.dumps(raw))
-    return path
+def priced(tmp_path, model):
+    return priced_table(tmp_path, model, {"lion": LION_STEP, "sophia": SOPHIA_STEP}, "with-lion-sophia")
 
 
 def run(built, tmp_path, name="run", **kwargs):
-    data_dir, _ = built
     model = kwargs.get("model", "bert")
-    options = {"model": model, "method": "sophia", "budget": "4s", "preset": "tiny", "seed": 0,
-               "out_dir": tmp_path / name, "data_dir": data_dir, "log": lambda m: None,
-               "rst_table": priced_table(tmp_path, model)}
-    options.update(kwargs)
-    return train.pretrain(**options)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
+    table = priced(tmp_path, model)
+    return pretrain_tiny(built, tmp_path, name, **{"method": "sophia", "budget": "4s", "rst_table": table, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +68,7 @@ def test_sophia_charges_its_hessian_passes_at_full_depth(built_fixture, bert_sop
     else:
         summary, run_dir = run(built_fixture, tmp_path, model=model, budget="4s"), tmp_path / "run"
     assert summary["status"] == "complete"
-    table = rst.load_table(priced_table(tmp_path, model))
+    table = rst.load_table(priced(tmp_path, model))
     preset = get_preset("tiny")
     shape = preset.shape(model)
     stats = summary["method_stats"]
@@ -123,7 +107,7 @@ def test_free_hessian_costs_nothing_and_buys_more_steps(built_fixture, tmp_path)
     options = {"hessian_interval": 3}  # estimates often enough that they cost several steps of a short budget
     paid = run(built_fixture, tmp_path, name="paid", budget="2s", method_options=options)
     free = run(built_fixture, tmp_path, name="free", budget="2s", method_options=options, free_hessian=True)
-    table = rst.load_table(priced_table(tmp_path, "bert"))
+    table = rst.load_table(priced(tmp_path, "bert"))
     shape = get_preset("tiny").bert
     step_cost = shape.grad_accum * table.train_seconds(4) + SOPHIA_STEP
     assert free["rst_breakdown"]["hessian"] == 0.0 and free["rst_units"]["hessian"] > 0
@@ -150,7 +134,7 @@ def test_a_table_without_the_optimizer_charges_an_estimate(built_fixture, tmp_pa
 
 def test_sophia_resumes_to_the_same_result(built_fixture, bert_sophia, tmp_path):
     data_dir, _ = built_fixture
-    table = priced_table(tmp_path, "bert")
+    table = priced(tmp_path, "bert")
     whole, whole_dir = bert_sophia
     assert whole["steps"] > 15
     spec = resolve("bert", "sophia", "4s", "tiny", 0, tmp_path / "cut", data_dir=data_dir, rst_table=table)

@@ -196,10 +196,23 @@ def test_an_interrupted_tuning_continues_its_own_plan(tmp_path, monkeypatch):
     assert plan["axes"][0]["values"][-1] == 0.000175 and plan["axes"][0]["extended"] == 1
     calls.clear()
     with pytest.raises(UsageError, match="methods differ"):  # another tuning is refused, not silently ignored
-        tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", log=lambda m: None)
+        tuning.tune(syn.PRESET, methods=["lion", "sophia"], results=tmp_path / "tuning", log=lambda m: None)
     with pytest.raises(UsageError, match="budget differ"):
         tuning.tune(syn.PRESET, budget="10s", results=tmp_path / "tuning", log=lambda m: None)
+    with pytest.raises(UsageError, match="budget differ"):  # a method joins only on the plan's terms
+        tuning.tune(syn.PRESET, methods=["sophia"], budget="10s", results=tmp_path / "tuning", log=lambda m: None)
     assert calls == []
+    # a method the plan does not hold joins it: its axes and runs are added, and only its runs are swept
+    tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", log=lambda m: None)
+    plan = json.loads((tmp_path / "tuning" / syn.PRESET / "tuning.json").read_text())
+    sophia = [r for a in plan["axes"] if a["method"] == "sophia" for r in a["runs"]]
+    assert {a["method"] for a in plan["axes"]} == {"lion", "sophia"} and plan["joined"][0]["methods"] == ["sophia"]
+    assert sophia and {r for c in calls for r in c["methods"]} == set(sophia)
+    assert plan["axes"][0]["extended"] == 1 and beyond in plan["runs"]["bert"]  # the earlier plan is kept
+    calls.clear()
+    tuning.tune(syn.PRESET, methods=["sophia"], results=tmp_path / "tuning", log=lambda m: None)  # continues
+    assert {r for c in calls for r in c["methods"]} == set(sophia)
+    calls.clear()
     fresh = tmp_path / "fresh"
     tuning.tune("smoke", models=["t5"], methods=["lion"], results=fresh, log=lambda m: None)
     plan = json.loads((fresh / "smoke" / "tuning.json").read_text())

@@ -4,12 +4,11 @@ refused settings."""
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import metrics, pretrain_tiny, priced_table
 from torch import nn
 
 from ntng.errors import UsageError
@@ -17,7 +16,6 @@ from ntng.methods import build_method, check_method_class, find_method, studied_
 from ntng.methods.schedule_free import AdamWScheduleFree, ScheduleFreeAdamW
 from ntng.presets import PRESETS, get_preset
 from ntng.training import loop as train
-from ntng.training import rst
 from ntng.training.optim import decay_groups
 from ntng.training.records import RunDir
 from ntng.training.spec import resolve
@@ -182,29 +180,14 @@ def test_bad_settings_are_refused_with_one_line(bad):
 
 # --- in the loop -----------------------------------------------------------------------------------------------
 
-def priced_table(tmp_path: Path, model: str) -> Path:
-    """The shipped smoke table with a price for the Schedule-Free step (else it is measured: ntng.training.pricing)."""
-    raw = json.loads(rst.shipped_table_path("smoke", model).read_text())
-    raw["units"]["optimizer"]["schedule_free"] = STEP_PRICE
-    raw["name"] = f"smoke-{model}-with-schedule-free"
-    path = tmp_path / f"{model}-table.json"
-    path.write_text(json.dumps(raw))
-    return path
+def priced(tmp_path, model):
+    return priced_table(tmp_path, model, {"schedule_free": STEP_PRICE}, "with-schedule-free")
 
 
 def run(built, tmp_path, name="run", **kwargs):
-    data_dir, _ = built
-    model = kwargs.get("model", "bert")
-    options = {"model": model, "method": "schedule_free", "budget": "1s", "preset": "tiny", "seed": 0,
-               "out_dir": tmp_path / name, "data_dir": data_dir, "log": lambda m: None,
-               "rst_table": priced_table(tmp_path, model)}
-    options.update(kwargs)
-    return train.pretrain(**options)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
+    table = priced(tmp_path, kwargs.get("model", "bert"))
+    return pretrain_tiny(built, tmp_path, name, **{"method": "schedule_free", "budget": "1s", "rst_table": table,
+                                                   **kwargs})
 
 
 @pytest.mark.parametrize("model", ["bert", "t5"])
@@ -228,7 +211,7 @@ def test_the_loop_evaluates_and_saves_the_averaged_weights(built_fixture, tmp_pa
     groups = state["optimizer"]["param_groups"]
     assert all(g["train_mode"] is False and g["k"] == summary["steps"] for g in groups)
     spec = resolve(model, "schedule_free", "1s", "tiny", 0, tmp_path / "run", resume=True,
-                   rst_table=priced_table(tmp_path, model), data_dir=built_fixture[0])
+                   rst_table=priced(tmp_path, model), data_dir=built_fixture[0])
     trainer = train.Trainer(spec, log=lambda m: None)
     trainer.run.model.load_state_dict(state["model"])
     trainer.run.optimizer.load_state_dict(state["optimizer"])
@@ -242,7 +225,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(built_fixture, tmp_path):
     whole = run(built_fixture, tmp_path, name="whole", budget="1.5s")
     assert whole["steps"] >= 6
     spec = resolve("bert", "schedule_free", "1.5s", "tiny", 0, tmp_path / "cut",
-                   rst_table=priced_table(tmp_path, "bert"), data_dir=built_fixture[0])
+                   rst_table=priced(tmp_path, "bert"), data_dir=built_fixture[0])
     partial = train.Trainer(spec, log=lambda m: None).train(stop_after_steps=3)  # "killed" after step 3
     assert partial["status"] == "running"
     kept = RunDir(tmp_path / "cut").load_checkpoint()  # written at x, mid-run: the resume starts from it

@@ -6,13 +6,13 @@ corpus; the Ray test starts a real local Ray runtime.
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import metrics
 
 from ntng import cli
 from ntng.errors import UsageError
@@ -38,11 +38,6 @@ def quiet(message):
 
 def rows_by_name(rows):
     return {f"{r['model']}/{r['method']}/{r['budget']}/seed{r['seed']}": r for r in rows}
-
-
-def metrics_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
 
 
 def notebook_text(path: Path) -> str:
@@ -281,14 +276,14 @@ def test_a_half_finished_cell_is_resumed_not_restarted(built_fixture, tmp_path, 
     checkpoint = torch_load_step(run_dir / "checkpoint.pt")
     assert 0 < checkpoint <= 7
     config_before = (run_dir / "config.json").read_text()
-    rows_before = metrics_rows(run_dir)[: checkpoint + 1]
+    rows_before = metrics(run_dir)[: checkpoint + 1]
 
     (row,) = grid.sweep(preset="tiny", models=["t5"], methods=["baseline"], budgets=["4s"], seeds=[0],
                         results=results, data_dir=data_dir, log=quiet)
     assert row["status"] == "complete" and row["resumed"]
     assert f"resumed at step {checkpoint}" in notebook_text(run_dir / "notebook.ipynb")
     assert (run_dir / "config.json").read_text() == config_before
-    rows_after = metrics_rows(run_dir)
+    rows_after = metrics(run_dir)
     assert rows_after[: checkpoint + 1] == rows_before  # wall_s included: those steps were not trained again
     assert [int(r["step"]) for r in rows_after] == list(range(row_steps(run_dir) + 1))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import metrics, pretrain_tiny
 
 from ntng.errors import RunError, UsageError
 from ntng.training import loop as train
@@ -21,18 +21,7 @@ from ntng.training import rst, schedules
 from ntng.training.records import METRIC_COLUMNS, RunDir
 from ntng.training.spec import resolve
 
-
-def run(built, tmp_path, name="run", **kwargs):
-    data_dir, _ = built
-    options = {"model": "bert", "method": "baseline", "budget": "3s", "preset": "tiny", "seed": 0,
-               "out_dir": tmp_path / name, "data_dir": data_dir, "log": lambda m: None}
-    options.update(kwargs)
-    return train.pretrain(**options)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
+run = pretrain_tiny
 
 
 def step_cost(model: str, preset: str = "smoke") -> float:

@@ -13,7 +13,9 @@ current value started far from it. Every such axis, the baseline's peak included
 
 The plan (the runs, each axis's values, the centre and the value at preset `paper`) is written to
 RESULTS/<preset>/tuning.json before anything runs and reused when the same command runs again, so an interrupted
-tuning continues with the plan it started with even after the preset's defaults take the chosen values.
+tuning continues with the plan it started with even after the preset's defaults take the chosen values. A tuning of
+methods the plan does not hold (a method added later), at the same budget, seed and keys, joins the plan; any other
+change is refused.
 """
 
 from __future__ import annotations
@@ -80,15 +82,29 @@ def tuned_presets(results: str | Path) -> list[str]:
     return sorted(path.parent.name for path in Path(results).glob(f"*/{PLAN_NAME}"))
 
 
+def join_plan(plan: dict, other: dict) -> None:
+    """Add another tuning's axes and runs (other methods at the same preset, budget, seed and keys) to `plan`, in
+    place: one plan per preset, so the tuning page and the verdicts' tuning seed see every method's."""
+    plan["axes"] += other["axes"]
+    for model, runs in other["runs"].items():
+        mine = plan["runs"].setdefault(model, [])
+        mine += [run for run in runs if run not in mine]
+    plan.setdefault("joined", []).append({"methods": sorted({a["method"] for a in other["axes"]}),
+                                          "planned_on": other["planned_on"]})
+
+
 def check_same_plan(plan: dict, path: Path, models, methods, budget, seed, keys=None) -> None:
-    """An interrupted tuning continues its own plan; asking for another one is refused, not silently ignored."""
+    """An interrupted tuning continues its own plan (or the part of it of some of its methods); asking for another
+    one is refused, not silently ignored."""
     asked = {"models": None if models is None else sorted(models),
              "methods": None if methods is None else sorted(canonical_method(m) for m in methods),
              "budget": None if budget is None else format_budget(parse_budget(budget)), "seed": seed,
              "keys": None if keys is None else sorted(keys)}
     planned = {"models": sorted(plan["runs"]), "methods": sorted({a["method"] for a in plan["axes"]}),
                "budget": plan["budget"], "seed": plan["seed"], "keys": plan.get("keys")}
-    differ = [key for key, value in asked.items() if value is not None and value != planned[key]]
+    # methods: a part of the plan's may continue on its own (a plan that others joined)
+    differ = [key for key, value in asked.items() if value is not None and
+              (not set(value) <= set(planned[key]) if key == "methods" else value != planned[key])]
     if differ:
         raise UsageError(f"{path} plans another tuning ({', '.join(differ)} differ); delete it to plan afresh, or "
                          "give another --results")
@@ -103,16 +119,28 @@ def tune(preset: str, models=None, methods=None, budget: str | None = None, seed
 
     path = plan_path(results, preset)
     fresh = not path.exists()
+    asked = None if methods is None else {canonical_method(m) for m in methods}
     if fresh:
         plan = plan_tuning(preset, models or MODELS, methods, budget, 0 if seed is None else seed, keys)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, plan)
     else:
         plan = json.loads(path.read_text())
-        check_same_plan(plan, path, models, methods, budget, seed, keys)
-        log(f"continuing the plan of {plan['planned_on']} in {path}")
+        planned = {a["method"] for a in plan["axes"]}
+        if asked and not asked & planned:  # other methods on the same terms: they join the plan
+            check_same_plan(plan, path, models, None, budget, seed, keys)
+            join_plan(plan, plan_tuning(preset, sorted(plan["runs"]), sorted(asked), plan["budget"], plan["seed"],
+                                        plan.get("keys")))
+            write_json(path, plan)
+            log(f"{', '.join(sorted(asked))} join the plan in {path}")
+        else:
+            check_same_plan(plan, path, models, methods, budget, seed, keys)
+            log(f"continuing the plan of {plan['planned_on']} in {path}")
     try:
-        todo = {model: list(runs) for model, runs in plan["runs"].items()}
+        # the runs of the methods asked for (all, by default): a joined plan's earlier runs are not touched
+        wanted = None if asked is None else {run for a in plan["axes"] if a["method"] in asked for run in a["runs"]}
+        todo = {model: [run for run in runs if wanted is None or run in wanted] for model, runs in plan["runs"].items()}
+        todo = {model: runs for model, runs in todo.items() if runs}
         while todo:
             for model, runs in todo.items():
                 log(f"{model}: {len(runs)} runs at {plan['budget']}, seed {plan['seed']}")
