@@ -173,3 +173,17 @@ def test_a_variant_is_reported_beside_its_method(synthetic):
     assert diffs.loc[("bert", syn.VARIANT, "10s"), "mean"] == pytest.approx(syn.DELTA[syn.VARIANT] * 5 / 10)
     ordered = list(dict.fromkeys(run_table.sort_frame(table.runs)["method"]))
     assert ordered.index(syn.VARIANT) == ordered.index("selective_backprop") + 1
+
+
+def test_how_far_the_baseline_ends_below_its_floor():
+    runs = pd.DataFrame({"model": ["bert"] * 3 + ["t5"] * 2, "method": "baseline", "status": "complete",
+                         "budget_rst_s": [60.0, 60.0, 120.0, 60.0, 60.0], "floor": [6.0, 6.0, 6.0, 5.0, 5.0],
+                         "final_val_loss": [5.4, 5.6, 5.2, 5.1, 5.05]})
+    below = statistics.baseline_below_floor(runs).set_index(["model", "budget"])
+    # bert 1m: 0.6 and 0.4 -> mean 0.5, interval 0.5 -+ 12.706 * 0.1414 / sqrt(2) = 0.5 -+ 1.2706
+    assert below.loc[("bert", "1m"), "mean"] == pytest.approx(0.5)
+    assert below.loc[("bert", "1m"), "ci_high"] == pytest.approx(0.5 + 12.706 * 0.1)
+    assert below.loc[("t5", "1m"), "mean"] == pytest.approx(-0.075)
+    text = report.floor_text(statistics.baseline_below_floor(runs))
+    assert "bert 1m 0.500 [-0.771, 1.771]; 2m 0.800" in text
+    assert "At t5 at 1m the baseline ends at or above the floor" in text and "bert at" not in text

@@ -185,6 +185,26 @@ def trend_sentences(table: RunTable, methods, exclude_seeds=()) -> list[str]:
     return out
 
 
+def floor_text(below: pd.DataFrame) -> str:
+    """Generated: how far the baseline ends below its context-free floor per model and budget (`below`:
+    statistics.baseline_below_floor), and where it has not left the floor, what that means for the verdicts."""
+    if below.empty:
+        return "*No complete baseline run records a context-free floor yet.*"
+    parts = []
+    for model, g in below.groupby("model", sort=True):
+        cells = "; ".join(f"{r['budget']} {fmt_ci(r['mean'], r['ci_low'], r['ci_high'])}" for _, r in g.iterrows())
+        parts.append(f"{model} {cells}")
+    above = below[below["mean"] <= 0]
+    text = ("The baseline ends this far below the context-free floor (nats, mean [95% interval] over its runs; the "
+            "floor is the loss of a model that knows only token frequencies): " + "; ".join(parts) + ".")
+    if len(above):
+        where = ", ".join(f"{r['model']} at {r['budget']}" for _, r in above.iterrows())
+        text += (f" At {where} the baseline ends at or above the floor: it has learned word frequencies, not "
+                 "language, and a method's difference there says little about claims that are about learning "
+                 "language.")
+    return text
+
+
 def taxonomy_table(table: RunTable) -> pd.DataFrame:
     """The methods in the records (not their variants), as they describe themselves: family, the survey's component
     and action, what they do, and how many runs each has here."""

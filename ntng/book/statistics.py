@@ -186,3 +186,19 @@ def floors(runs: pd.DataFrame) -> dict[str, float]:
         return {}
     known = runs.dropna(subset=["floor"])
     return {m: float(g["floor"].iloc[0]) for m, g in known.groupby("model")}
+
+
+def baseline_below_floor(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model x budget: how far the baseline's final validation loss ends below the context-free floor its runs
+    recorded (floor minus loss, nats; mean and 95% interval over its complete runs). Near or below 0 the baseline has
+    learned word frequencies, not language, and a method compared with it there says little about its claims."""
+    cols = ["model", "budget", "budget_rst_s", "seeds", "mean", "ci_low", "ci_high"]
+    done = runs[(runs["method"] == "baseline") & (runs["status"] == "complete")] if len(runs) else runs
+    if done.empty or "floor" not in done.columns:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for (model, budget_s), group in done.dropna(subset=["floor"]).groupby(["model", "budget_rst_s"], sort=True):
+        mean, low, high, n = mean_ci(group["floor"] - group["final_val_loss"])
+        out.append({"model": model, "budget": format_budget(budget_s), "budget_rst_s": budget_s, "seeds": n,
+                    "mean": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(out, columns=cols)
