@@ -63,6 +63,11 @@ class BadHook(Method):
         pass
 
 
+class UnknownExtraWork(Method):
+    name = "unknown_extra_work"
+    extra_work = ("gossip",)  # not a kind of work the clock charges
+
+
 class Impostor(Method):
     name = "lion"
 
@@ -81,3 +86,55 @@ class PlainSGD(Method):
         import torch
 
         return torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+
+
+# --- a new built-in method, written as one module: what `ntng/methods/<name>.py` would hold -----------------------
+# Joining the study takes this class and one line in the registry (`ntng.methods.BUILTINS`); nothing else in the
+# package names it (tests/test_registry.py::test_a_built_in_method_is_its_module_and_one_registry_line).
+
+TOY_DEFAULTS = {"bert": {"scale": 0.5}, "t5": {"scale": 0.25}}  # its own defaults, per model
+
+
+def scale_peak(peak: float, scale: float) -> float:
+    """The functional core: the peak learning rate the method trains at."""
+    return peak * scale
+
+
+class ScaledPeak(Method):
+    """The baseline at a fraction of its peak, with one scoring pass per step (so it has an ablation)."""
+
+    name = "scaled_peak"
+    label = "scaled peak"
+    family = "toy"
+    component, action = "optimization", "restrict"
+    summary = "the baseline at a fraction of its peak"
+    card = "Trains the baseline at `scale` times its peak learning rate."
+    extra_work = ("scoring",)
+    studied_on = ("bert",)
+
+    def __init__(self, model, preset, **options):
+        from ntng.errors import UsageError
+        from ntng.methods.base import take_options
+
+        super().__init__(model, preset)
+        self.options = take_options(self.name, options, TOY_DEFAULTS[model])
+        if not 0.0 < self.options["scale"] <= 1.0:  # its own valid range
+            raise UsageError(f"method {self.name}: scale must be in (0, 1], got {self.options['scale']}")
+
+    def settings(self) -> dict:
+        return dict(self.options)
+
+    def tuning(self) -> dict:
+        from ntng.methods.base import around
+
+        return {"scale": around(self.options["scale"])}
+
+    def build_optimizer(self, model):
+        from ntng.training.optim import build_optimizer
+
+        r = self.recipe
+        return build_optimizer(r.optimizer, model, scale_peak(r.lr, self.options["scale"]), r.betas, r.eps,
+                               r.weight_decay)
+
+    def begin_step(self, run: Run) -> None:
+        run.forward(run.batches.next(), kind="scoring")

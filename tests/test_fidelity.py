@@ -109,6 +109,14 @@ def test_a_variant_resolves_to_its_method_flags_and_run_directory(built_fixture,
     # the flag given the old way names the same variant
     assert resolve("bert", "selective_backprop", "2s", "tiny", data_dir=data_dir,
                    free_scoring=True).variant == "selective_backprop+free_scoring"
+    # "free" is one setting over the kinds of extra work: by kind, the records keep a flag per kind
+    by_kind = resolve("bert", "sophia", "2s", "tiny", data_dir=data_dir, free_work=("hessian",))
+    assert by_kind.variant == "sophia+free_hessian" and by_kind.free_work == ("hessian",)
+    assert by_kind.free_flags() == {"free_scoring": False, "free_hessian": True}
+    assert by_kind.identity() == spec.identity()
+    for kinds in (("optimizer",), ("train",), ("scoring",)):  # not extra work; or work Sophia does not do
+        with pytest.raises(UsageError, match="free"):
+            resolve("bert", "sophia", "2s", "tiny", data_dir=data_dir, free_work=kinds)
     options = resolve("bert", "lion+lr=0.002", "2s", "tiny", data_dir=data_dir)
     assert options.method_options == {"lr": 0.002} and options.variant == "lion+lr=0.002"
     for bad in ("lion+free_scoring", "baseline+free_hessian", "lion+nosuch=1", "nosuch+free_scoring"):

@@ -73,6 +73,12 @@ def test_the_wings_import_only_the_wings_before_them():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "book         -> " in proc.stdout and "data         -> book" not in proc.stdout
+    # no module imports itself through others, lazy imports included; no folder of more than 16 modules
+    summary = subprocess.run([sys.executable, str(ROOT / "tools" / "import_graph.py"), "--summary"],
+                             capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0 and "\ncycles 0\n" in summary.stdout + "\n", summary.stdout
+    widest = int(summary.stdout.split("widest folder ")[1].split(": ")[1].split()[0])
+    assert widest <= 16, summary.stdout
 
 
 def test_ci_runs_make_test_and_treats_no_tests_as_failure():

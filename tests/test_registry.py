@@ -31,7 +31,7 @@ def test_builtins_and_module_class_are_found():
     ("nosuch", "unknown method"), ("nosuch_module_x:Class", "cannot import"),
     ("plugin_methods:Missing", "has no Missing"), ("plugin_methods:NotAMethod", "not a subclass"),
     ("plugin_methods:Nameless", "must set its own `name`"), ("plugin_methods:BadHook", "begin_step"),
-    ("plugin_methods:Impostor", "built-in"),
+    ("plugin_methods:Impostor", "built-in"), ("plugin_methods:UnknownExtraWork", "extra_work"),
 ])
 def test_unusable_methods_are_refused_with_one_line(spec, words):
     with pytest.raises(UsageError, match=words) as caught:
@@ -47,6 +47,57 @@ def test_the_cli_refuses_a_bad_spec_with_one_line_and_exit_2(tmp_path):
                               env=env, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("ntng: error:")
         assert not (tmp_path / "run").exists()
+
+
+def test_a_built_in_method_is_its_module_and_one_registry_line(built_fixture, tmp_path, monkeypatch):
+    """A new built-in method is one module (plugin_methods.ScaledPeak, with its own per-model defaults, valid range,
+    tuning grid and extra work) and one line in the registry; the default grid, the ablations, tuning, a preset's
+    override, `--set`, the records and the book's order follow from the registry."""
+    import dataclasses
+
+    from plugin_methods import ScaledPeak
+
+    from ntng.book.run_table import method_order
+    from ntng.experiments.tuning import plan_tuning
+    from ntng.methods import paper_ablations, studied_methods
+    from ntng.presets import get_preset
+    from ntng.training.spec import resolve
+
+    monkeypatch.setitem(BUILTINS, "scaled_peak", ScaledPeak)  # the one registry line
+
+    assert find_method("scaled_peak") is ScaledPeak and "scaled_peak" in method_names()
+    # the paper's grid and ablations: on the models it was studied on, with its extra work made free
+    assert studied_methods("bert")[-1] == "scaled_peak" and "scaled_peak" not in studied_methods("t5")
+    assert "scaled_peak+free_scoring" in paper_ablations()
+    # tuned on equal terms: its own grid, around its own per-model default, on BERT only
+    axes = [a for a in plan_tuning("tiny")["axes"] if a["method"] == "scaled_peak"]
+    assert [(a["model"], a["key"], a["values"]) for a in axes] == [("bert", "scale", [0.5, 0.25, 1.0])]
+    # its defaults are its own, per model; a preset overrides them in one place; --set over both
+    data_dir, _ = built_fixture
+    run = dict(budget="2s", data_dir=data_dir, out_dir=tmp_path / "unused")
+    assert resolve("t5", "scaled_peak", preset="tiny", **run).method_options == {}
+    tiny = get_preset("tiny")
+    tuned = dataclasses.replace(tiny, method_options={"bert": {"scaled_peak": {"scale": 0.75}}})
+    assert BUILTINS["scaled_peak"]("bert", tuned, **tuned.options_for("bert", "scaled_peak")).settings() == {
+        "scale": 0.75}
+    spec = resolve("bert", "scaled_peak+scale=0.1", preset=tuned, **run)
+    assert spec.method_options == {"scale": 0.1} and spec.variant == "scaled_peak+scale=0.1"
+    with pytest.raises(UsageError, match="scale must be in"):  # its own valid range
+        resolve("bert", "scaled_peak+scale=2", preset="tiny", **run)
+    # it trains, charged for its scoring passes, and the records say what it is
+    summary = pretrain(model="bert", method="scaled_peak", budget="2s", preset="tiny", data_dir=data_dir,
+                       out_dir=tmp_path / "run", log=lambda m: None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert summary["status"] == "complete" and config["method_settings"] == {"scale": 0.5}
+    assert config["method_meta"]["family"] == "toy" and summary["rst_breakdown"]["scoring"] > 0
+    import torch
+
+    optimizer = BUILTINS["scaled_peak"]("bert", tiny).build_optimizer(torch.nn.Linear(2, 2))
+    assert {g["lr"] for g in optimizer.param_groups} == {config["recipe"]["lr"] * 0.5}
+    # the book orders it after the study's methods, and its variants after it
+    assert sorted(["scaled_peak+free_scoring", "scaled_peak", "lion"], key=method_order) == [
+        "lion", "scaled_peak", "scaled_peak+free_scoring"]
+    assert not (tmp_path / "unused").exists()
 
 
 def test_a_plugin_trains_under_its_own_name_and_records_what_it_is(built_fixture, tmp_path):

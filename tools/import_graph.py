@@ -1,6 +1,7 @@
 """Which wing of ntng imports which (module-level and lazy imports alike), and any import against the data flow.
 
-    python tools/import_graph.py
+    python tools/import_graph.py                      # the imports between wings; exit 1 on one against the flow
+    python tools/import_graph.py --summary [PACKAGE]  # the module graph: modules, arrows, cycles, longest file
 
 The wings in the order the data flows: data -> models -> training (+ methods, its plug-ins) -> experiments -> book,
 with the CLI on top and errors, presets and resources shared by all. A wing may import the wings before it; the
@@ -25,9 +26,9 @@ def wing_of(module: str) -> str:
     return module.split(".")[1] if module.count(".") >= 1 else "__init__"
 
 
-def imports(path: Path) -> set[str]:
+def imports(path: Path, package: Path = PACKAGE) -> set[str]:
     """The ntng modules `path` imports, as absolute names."""
-    here = "ntng." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    here = "ntng." + ".".join(path.relative_to(package).with_suffix("").parts)
     package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -45,7 +46,75 @@ def imports(path: Path) -> set[str]:
     return {n for n in out if n != "ntng"}
 
 
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package).with_suffix("").parts
+    return ".".join(("ntng",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each an import cycle."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def summary(package: Path) -> int:
+    """The module graph of the package at `package` (this checkout's, or another commit's extracted with
+    `git archive`): modules, import arrows between them (a package's import of its own __init__ aside), cycles,
+    the longest file and the widest folder."""
+    sys.setrecursionlimit(10_000)
+    files = sorted(package.rglob("*.py"))
+    names = {module_name(f, package): f for f in files}
+    graph = {}
+    for name, path in names.items():
+        targets = set()
+        for target in imports(path, package):
+            while target not in names and "." in target:  # `from ntng.x import y`, y a name in module x
+                target = target.rsplit(".", 1)[0]
+            if target in names and target != name and not name.startswith(target + "."):
+                targets.add(target)
+        graph[name] = targets
+    lines = {name: len(path.read_text().splitlines()) for name, path in names.items()}
+    longest = max(lines, key=lines.get)
+    folders = defaultdict(int)
+    for path in files:
+        folders[str(path.parent.relative_to(package.parent))] += 1
+    widest = max(folders, key=folders.get)
+    found = cycles(graph)
+    print(f"modules {len(names)}, lines {sum(lines.values())}, import arrows {sum(map(len, graph.values()))}")
+    print(f"longest file {names[longest].relative_to(package.parent)}: {lines[longest]} lines")
+    print(f"widest folder {widest}/: {folders[widest]} modules")
+    print(f"cycles {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--summary"]:
+        return summary(Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else PACKAGE)
     edges: dict[tuple[str, str], int] = defaultdict(int)
     against = []
     for path in sorted(PACKAGE.rglob("*.py")):

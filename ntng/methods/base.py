@@ -111,7 +111,7 @@ class Method:
     # its irreducible-loss model did not see). See `ntng.data.splits`.
     data_split = "full"
     requires_data_split = False  # True: the method cannot train on any other split
-    # the kinds of extra work (ntng.training.rst.KINDS) the method's hooks charge beyond training: "scoring" (forward-only
+    # the kinds of extra work (ntng.training.rst.EXTRA_KINDS) the method's hooks charge beyond training: "scoring" (forward-only
     # passes that choose data), "hessian" (Sophia's estimate). A run can make exactly these free (ntng.training.variants).
     extra_work: tuple[str, ...] = ()
     studied_on: tuple[str, ...] = ("bert", "t5")  # the models the paper ran it on (tuning covers these by default)

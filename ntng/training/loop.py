@@ -71,8 +71,7 @@ class Trainer:
         batches = BatchStream(train_ids, train_windows, self.shape.micro_batch,
                               make_collator(model_name, preset, self.vocab_size, seed=spec.seed * 1_000_003 + 1),
                               seed=spec.seed)
-        free = tuple(k for k, on in (("scoring", spec.free_scoring), ("hessian", spec.free_hessian)) if on)
-        clock = RSTClock(spec.table, spec.budget_rst_s, free=free)
+        clock = RSTClock(spec.table, spec.budget_rst_s, free=spec.free_work)
         self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
                        model_name=model_name, amp_dtype=self.amp_dtype, seed=spec.seed)
         # an optimizer step the table does not price (a plug-in's own optimizer): an estimate, measured once
@@ -112,7 +111,7 @@ class Trainer:
             "seed": spec.seed,
             "budget": spec.budget, "budget_rst_s": spec.budget_rst_s,
             "rst_table": {"name": spec.table.name, "path": spec.table_path, "machine": spec.table.machine},
-            "free_scoring": spec.free_scoring, "free_hessian": spec.free_hessian,
+            **spec.free_flags(),
             "data_split": spec.data_split, "data_split_means": DATA_SPLITS[spec.data_split],
             "recipe": asdict(self.recipe), "method_settings": self.method.settings(),
             "method_card": self.method.card, "method_meta": self.method.meta(), "method_spec": spec.method_spec,

@@ -31,6 +31,8 @@ from ntng.errors import UsageError
 TABLE_FORMAT = 1
 PER_LAYER_UNITS = ("train", "forward")
 KINDS = ("train", "scoring", "hessian", "optimizer")  # the parts of rst_breakdown
+# the extra work a method's hooks may charge beyond training (Method.extra_work), which a run can make free
+EXTRA_KINDS = ("scoring", "hessian")
 
 
 @dataclass(frozen=True)

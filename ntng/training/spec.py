@@ -44,8 +44,7 @@ class PretrainSpec:
     resume: bool
     table: RSTTable
     table_path: str
-    free_scoring: bool
-    free_hessian: bool
+    free_work: tuple[str, ...]  # the kinds of extra work (ntng.training.rst.EXTRA_KINDS) the clock does not charge
     data_dir: Path
     corpus: str
     method_options: dict
@@ -54,11 +53,23 @@ class PretrainSpec:
     method_spec: str = ""  # how the method was found: a built-in's or entry point's name, or module:Class
     recipe_overrides: dict = field(default_factory=dict)  # recipe.FIELD settings, already applied to `preset`
 
+    def free_flags(self) -> dict:
+        """The run flags as the records hold them: {"free_scoring": False, "free_hessian": True}."""
+        return {flag: kind in self.free_work for flag, kind in RUN_FLAGS.items()}
+
+    @property
+    def free_scoring(self) -> bool:
+        return "scoring" in self.free_work
+
+    @property
+    def free_hessian(self) -> bool:
+        return "hessian" in self.free_work
+
     def identity(self) -> dict:
         """What must match for --resume to continue this run."""
         return {"model": self.model, "method": self.method, "budget_rst_s": self.budget_rst_s,
                 "preset": self.preset.name, "seed": self.seed, "rst_table": self.table.name,
-                "free_scoring": self.free_scoring, "free_hessian": self.free_hessian, "corpus": self.corpus,
+                **self.free_flags(), "corpus": self.corpus,
                 "method_options": self.method_options, "data_split": self.data_split,
                 "evaluation": evaluation_in_force(self.preset, self.model),
                 **({"recipe_overrides": self.recipe_overrides} if self.recipe_overrides else {}),
@@ -87,19 +98,24 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
             out_dir: str | Path | None = None, resume: bool = False, rst_table: str | Path | None = None,
             free_scoring: bool = False, free_hessian: bool = False, data_dir: str | Path | None = None,
             corpus: str = "offline", method_options: dict | None = None,
-            data_split: str | None = None) -> PretrainSpec:
+            data_split: str | None = None, free_work: tuple[str, ...] = ()) -> PretrainSpec:
     """Check every argument; raise UsageError naming the first bad one. Writes nothing.
     `method` may be a variant (`ntng.training.variants`: `sophia+free_hessian`, `lion+lr=0.0003`): its flags join
-    free_scoring / free_hessian and its options join `method_options`.
+    the kinds of extra work made free (`free_work`; free_scoring / free_hessian are two of them by name) and its
+    options join `method_options`.
     `data_split` None: the method's own (every window, except RHO-LOSS's 80%)."""
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
     parsed = parse_variant(method)
     method_spec = parsed.method
     method = find_method(method_spec).name  # a plug-in runs (and is recorded) under the name it gives itself
-    flags = parsed.run_flags()
-    free_scoring = bool(free_scoring or flags.get("free_scoring", False))
-    free_hessian = bool(free_hessian or flags.get("free_hessian", False))
+    flags = {**parsed.run_flags(), **({"free_scoring": True} if free_scoring else {}),
+             **({"free_hessian": True} if free_hessian else {}), **{f"free_{kind}": True for kind in free_work}}
+    unknown = sorted(set(flags) - set(RUN_FLAGS))
+    if unknown:
+        raise UsageError(f"no kind of extra work {unknown[0].removeprefix('free_')!r} to make free (choose from "
+                         f"{', '.join(RUN_FLAGS.values())})")
+    free_work = tuple(kind for flag, kind in RUN_FLAGS.items() if flags.get(flag))
     method_options = dict(method_options or {})
     for key, value in parsed.method_options().items():
         if key in method_options and method_options[key] != value:
@@ -111,17 +127,15 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if recipe_overrides:
         preset_obj = with_recipe(preset_obj, model, recipe_overrides)
     method_obj = build_method(method_spec, model, preset_obj, **method_options)  # validates its settings now
-    for flag, on in (("free_scoring", free_scoring), ("free_hessian", free_hessian)):
-        if on and RUN_FLAGS[flag] not in method_obj.extra_work:
-            raise UsageError(f"{flag}: method {method} does no {RUN_FLAGS[flag]} passes, so there is nothing to "
-                             f"make free")
+    for kind in free_work:
+        if kind not in method_obj.extra_work:
+            raise UsageError(f"free_{kind}: method {method} does no {kind} passes, so there is nothing to make free")
     named_split = parsed.data_split()
     if named_split is not None and data_split is not None and named_split != data_split:
         raise UsageError(f"data split {named_split!r} (in {parsed.name!r}) and {data_split!r} disagree")
     if data_split is None:
         data_split = named_split or method_obj.data_split
-    variant = variant_name(method, {**method_options, **{k: True for k, on in (
-        ("free_scoring", free_scoring), ("free_hessian", free_hessian)) if on},
+    variant = variant_name(method, {**method_options, **{f"free_{kind}": True for kind in free_work},
         **{f"{RECIPE_PREFIX}{k}": v for k, v in recipe_overrides.items()},
         # a run on other windows than its method's own is another run (and directory)
         **({DATA_SPLIT: data_split} if data_split != method_obj.data_split else {})})
@@ -148,7 +162,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     check_writable(out)
     spec = PretrainSpec(model=model, method=method, budget=budget_text, budget_rst_s=budget_s, preset=preset_obj,
                         seed=seed, out_dir=out, resume=resume, table=table, table_path=table_path,
-                        free_scoring=free_scoring, free_hessian=free_hessian, data_dir=data_dir, corpus=corpus,
+                        free_work=free_work, data_dir=data_dir, corpus=corpus,
                         method_options=method_options, data_split=data_split, variant=variant,
                         method_spec=method_spec, recipe_overrides=recipe_overrides)
     run_dir = RunDir(out)

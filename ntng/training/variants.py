@@ -19,8 +19,10 @@ import re
 from dataclasses import dataclass
 
 from ntng.errors import UsageError
+from ntng.training.rst import EXTRA_KINDS
 
-RUN_FLAGS = {"free_scoring": "scoring", "free_hessian": "hessian"}  # flag -> the kind of extra work made free
+# a run flag per kind of extra work: `free_scoring`, `free_hessian` (the flag -> the kind of extra work it makes free)
+RUN_FLAGS = {f"free_{kind}": kind for kind in EXTRA_KINDS}
 # a run setting naming the training windows (ntng.data.splits.DATA_SPLITS): `baseline+data_split=rho_main` is the
 # baseline on the 80% RHO-LOSS trains on, its like-for-like control
 DATA_SPLIT = "data_split"
