@@ -211,38 +211,27 @@ PRESETS: dict[str, Preset] = {
         finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
         description="small models that learn something real on a CPU; one seed of the grid within ~3 hours",
     ),
-    # The reference CPU scale, chosen by measurement: `ntng probe` (records in results/probe/, the book's page "Choosing
-    # the CPU scale"). Stage 1, every candidate for 2 min of RST: BERT 4x64 / 4x128 / 8x128 / 4x256 at batches 16-64
-    # and peaks 2e-3-1.6e-2; T5 the same shapes at batches 8-64 and peaks 1e-2-8e-2. Stage 2, the best of the two
-    # leading shapes for 8 min. Each model is charged by the one-thread table the probe measured for it.
+    # The reference CPU scale, chosen by measurement: `ntng probe` tried BERT and T5 shapes, batches and peaks for 2
+    # min of RST, then the two leading shapes for 8 min (records in results/probe/, the book's page "Choosing the CPU
+    # scale"). Each model is charged by the one-thread table the probe measured for it.
     "cpu": Preset(
         name="cpu",
         vocab_size=8192,
-        # probe, 8 min: 4 x 64 at batch 16 ended 1.037 nats below the floor, 4 x 128 at batch 32 1.024 (2 min: 0.883
-        # and 0.852); a small model seeing many tokens, as compute-optimal training at this budget predicts
+        # the probe's best at 8 min: a small model seeing many tokens, as compute-optimal training at this budget
+        # predicts
         bert=BertShape(num_layers=4, hidden=64, heads=1, intermediate=256, micro_batch=16, grad_accum=1),
-        # probe, 8 min: 4 x 64 at batch 16 ended 0.585 nats below the floor, 4 x 128 at batch 8 0.428 (2 min:
-        # 0.206 and 0.073; batch 32 and 64 never got below the floor in 2 min)
         t5=T5Shape(num_layers=4, d_model=64, d_kv=32, heads=2, d_ff=128, input_len=128, micro_batch=16),
-        # 1:2:4, the largest that lets one seed of the reference grid (39 cells and an irreducible-loss model, 184 min
-        # of RST) run in ~1.7 h on two cores at one cell per core. Neither baseline reaches REFERENCE_BELOW_FLOOR
-        # there: at 8 min BERT ends 1.01 nats below its floor, T5 0.51 (4 min: 0.91, 0.34); their gain per doubling
-        # would need ~4.5 h (BERT) and ~6 h (T5) per run, ~60-80 h per seed of the grid (page "Choosing the CPU scale")
+        # 1:2:4, the largest that fits one seed of the reference grid (39 cells and an irreducible-loss model) in a
+        # few hours on two cores at one cell per core; the page "Choosing the CPU scale" says what longer budgets
+        # would cost
         budgets=("2m", "4m", "8m"),
         # the reference grid's three seeds; seed 0 is the tuning's (results/tuning/cpu), which decides no verdict
         seeds=(1, 2, 3),
         ray_cpus=1.0,  # the tables are one-thread tables: one cell per core
-        # probe, 2 min: BERT 4 x 64 lowest at 8e-3 of 8e-3 / 1.6e-2 (4 x 128: 8e-3 of 2e-3 / 4e-3 / 8e-3), 8x the
-        # paper's 1e-3; T5 at 4e-2 of 4e-2 / 8e-2 (4 x 128: 4e-2 of 1e-2...8e-2), 2x the paper's 2e-2. The methods' own
-        # peaks keep the paper's ratio to the baseline's (paper_peak_ratio) until tuning says otherwise
-        # tuning (2 min, seed 0; results/tuning/cpu): the baselines' peaks stayed (BERT 6.002 at 8e-3, 6.005 at 4e-3,
-        # 6.042 at 1.6e-2; T5 4.878 at 4e-2, 5.030 at 2e-2, 4.882 at 8e-2), so did Lion's weight decay and Sophia's
-        # peak on BERT and layer dropping's gamma; the others moved (method_options, below).
-        # evaluated on the whole validation split (BERT 1,989 windows, T5 1,810: all four sources); the tuning was
-        # evaluated on the first 512 windows, State of the Union only (the page "Tuning on equal terms")
-        # eight evaluations a run (and one at the start): every eighth of the budget, so a quarter, a half and three
-        # quarters of it are among them (an anytime method is held against the runs of those budgets); the whole
-        # split takes ~5 s (BERT) / ~9 s (T5) per evaluation on one core
+        # the probe's peaks (BERT 8x the paper's, T5 2x), which tuning kept; the methods' own peaks keep the paper's
+        # ratio to the baseline's (paper_peak_ratio) unless tuning moved them (method_options)
+        # evaluated on the whole validation split, at every eighth of the budget, so a quarter, a half and three
+        # quarters of it are among the evaluations (an anytime method is held against the runs of those budgets)
         bert_recipe=replace(BERT_PAPER_RECIPE, lr=8e-3, eval_sequences=None, eval_points=8),
         t5_recipe=replace(T5_PAPER_RECIPE, lr=4e-2, eval_sequences=None, eval_points=8),
         finetune=FinetuneRecipe(lr=5e-4, t5_lr=3e-4, epochs=3, batch_size=16, max_train=1000, max_dev=400),
@@ -250,27 +239,20 @@ PRESETS: dict[str, Preset] = {
         # fp32 on every host: bf16 runs natively only on some (AVX512-BF16 / AMX) and is emulated, far slower, on the
         # others, and one grid's seeds must not differ in precision (a run in another precision is stale)
         precision="fp32",
-        # what `ntng tune --preset cpu` chose among a method's own options (results/tuning/cpu/, the page "Tuning on
-        # equal terms"); BERT's stacking points and both models' layer dropping gamma stayed
+        # what `ntng tune --preset cpu` chose among a method's own options, where it moved them (every run and loss:
+        # results/tuning/cpu/tuning.json, the page "Tuning on equal terms"; a test holds these to it)
         method_options={"bert": {
-            # 5.988 at 0.25 against 6.033 at the paper's 1, 6.008 at 0.5, 6.203 at 2 (0.125: 5.984, within the noise
-            # margin): a smaller scale keeps more of each batch (probability percentile^scale), closer to the baseline
             "selective_backprop": {"scale": 0.25},
-            # RHO-LOSS's mega-batch stayed at 2x (5.996; 4x 6.072, 8x 6.121)
-            "lion": {"lr": 1.4e-3},  # 6.610 at 1.4e-3 (5.6e-3 6.657, 2.8e-3 6.645, 1.12e-2 6.666, 7e-4 6.639)
-            "sophia": {"rho": 5e-3},  # 6.249 at 5e-3 (1e-2 6.313, 2e-2 6.620, 2.5e-3 6.593)
+            "lion": {"lr": 1.4e-3},
+            "sophia": {"rho": 5e-3},
         }, "t5": {
-            # 4.791 growing at 25% / 60% of the budget against 4.882 at the paper's 12.5% / 30% and 4.976 at 6.25% /
-            # 15%: at this scale T5 gains from more of the budget in the cheaper shallow stages
             "layer_stacking": {"points": [0.25, 0.6]},
-            "layer_dropping": {"lr": 8e-2},  # its own peak: 4.925 at 8e-2 (2e-2 5.111, 1e-2 5.306, 4e-2 4.965, 1.6e-1 5.779)
-            "lion": {"lr": 6e-3},  # 5.096 at 6e-3 (1.5e-3 5.426, 7.5e-4 5.692, 3e-3 5.265, 1.2e-2 5.592)
-            # 5.131 at 8e-3 (2e-3 5.423, 1e-3 5.575, 4e-3 5.168, 1.6e-2 5.587) and rho 5.408 at 5e-3 (1e-2 5.423,
-            # 2e-2 5.445; 2.5e-3 5.403 is within the noise margin of it)
+            "layer_dropping": {"lr": 8e-2},  # its own peak
+            "lion": {"lr": 6e-3},
             "sophia": {"lr": 8e-3, "rho": 5e-3},
         }},
         description="the reference CPU scale, chosen by the probe: small models that learn well below the "
-                    "context-free floor; one seed of the reference grid in ~2 hours on 2 cores",
+                    "context-free floor; one seed of the reference grid in ~4 hours on 2 cores",
     ),
     "paper": Preset(
         name="paper",
