@@ -4,7 +4,7 @@
     python tools/import_graph.py --summary [PACKAGE]  # the module graph: modules, arrows, cycles, longest file
 
 The wings in the order the data flows: data -> models -> training (+ methods, its plug-ins) -> experiments -> book,
-with the CLI on top and errors, presets and resources shared by all. A wing may import the wings before it; the
+with the CLI on top and errors, files, presets and resources shared by all. A wing may import the wings before it; the
 training core and the methods import each other (the loop calls the registry; a method builds on the core's
 optimizers, clock and batches). Exit 1 on an import against the flow.
 """
@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ntng"
-ORDER = {"errors": 0, "presets": 0, "resources": 0, "data": 1, "models": 2, "training": 3, "methods": 3,
+ORDER = {"errors": 0, "files": 0, "presets": 0, "resources": 0, "data": 1, "models": 2, "training": 3, "methods": 3,
          "experiments": 4, "book": 5, "cli": 6, "__init__": 6}
 
 

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ntng.book.numbers import fmt
 from ntng.errors import UsageError
 from ntng.presets import MODELS, format_budget, get_preset, parse_budget
 
@@ -216,12 +217,6 @@ def compare(method: str, models=("bert",), budgets=None, seeds=None, preset: str
     return out
 
 
-def _fmt(x: float, digits: int = 3, signed: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
 def format_comparison(result: Comparison) -> str:
     """The printed report: one table per model, then the claim's verdict."""
     lines = [f"{result.method} against the baseline at preset {result.preset} (final validation loss; "
@@ -236,13 +231,13 @@ def format_comparison(result: Comparison) -> str:
     for model in dict.fromkeys(r.model for r in result.results):
         rows = [header]
         for r in (x for x in result.results if x.model == model):
-            interval = (f"{_fmt(r.difference, signed=True)} [{_fmt(r.ci_low, signed=True)}, "
-                        f"{_fmt(r.ci_high, signed=True)}]") if r.seeds > 1 else _fmt(r.difference, signed=True)
+            interval = (f"{fmt(r.difference, signed=True)} [{fmt(r.ci_low, signed=True)}, "
+                        f"{fmt(r.ci_high, signed=True)}]") if r.seeds > 1 else fmt(r.difference, signed=True)
             speed = "-" if not math.isfinite(r.speedup) else f"{r.speedup:.2f}x" + (
                 f" ({r.speedup_bounded} never reached the baseline's loss)" if r.speedup_bounded else "")
             seeds = str(r.seeds) + (f" (+{r.not_complete} not complete)" if r.not_complete else "")
-            rows.append((r.budget, seeds, _fmt(r.method_loss), _fmt(r.baseline_loss), interval,
-                         _fmt(r.detectable), speed, r.verdict))
+            rows.append((r.budget, seeds, fmt(r.method_loss), fmt(r.baseline_loss), interval,
+                         fmt(r.detectable), speed, r.verdict))
         widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
         lines.append(f"\n{model}:")
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]

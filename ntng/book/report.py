@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ntng.book.numbers import fmt, fmt_ci
 from ntng.book.run_table import (
     RunTable,
     family_methods,
@@ -66,24 +67,6 @@ def rst_tables(preset_name: str, results: str | Path | None = None) -> tuple[pd.
 
 
 # --- text for the pages ------------------------------------------------------------------------------------
-
-def fmt(value, digits: int = 3) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return f"{value:.{digits}f}" if math.isfinite(value) else "-"
-
-
-def fmt_ci(mean, low, high, digits: int = 3, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    if not math.isfinite(float(mean)):
-        return "-"
-    text = f"{float(mean):{sign}.{digits}f}"
-    if math.isfinite(float(low)) and math.isfinite(float(high)):
-        text += f" [{float(low):{sign}.{digits}f}, {float(high):{sign}.{digits}f}]"
-    return text
-
 
 # Where a line must not break inside a number: between a number and its interval ("6.125 [6.100, 6.150]"), inside
 # the interval, and after a budget's colon ("2m: -0.012"). Text around them still wraps.

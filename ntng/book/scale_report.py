@@ -9,15 +9,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ntng.book.figures import COLUMN_INCHES
+from ntng.book.numbers import fmt
 from ntng.book.run_table import load_runs
 from ntng.experiments.tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
 from ntng.presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 
 LOWEST = "**"  # marks the lowest final loss of a model in a table
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _show(value) -> str:
@@ -56,16 +53,16 @@ def probe_markdown(rows: list[dict], unreadable=()) -> str:
         floor = next((r["floor"] for r in mine if r["floor"] is not None), None)
         budget = format_budget(budget_s)
         out.append(f"**{model.upper()}**, the baseline after {budget} of RST on one core; context-free floor "
-                   f"{_fmt(floor)} nats.\n")
+                   f"{fmt(floor)} nats.\n")
         out.append("| layers x width | parameters | batch | peak lr | optimizer steps | tokens / RST s | final loss "
                    "| below floor |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in mine:
             mark = LOWEST if r is best.get((model, budget_s)) else ""
-            loss = _fmt(r["final_val_loss"]) if r["status"] == "complete" else r["status"]
+            loss = fmt(r["final_val_loss"]) if r["status"] == "complete" else r["status"]
             tps = "" if r["tokens_per_rst_s"] is None else f"{r['tokens_per_rst_s']:,.0f}"
             out.append(f"| {r['layers']} x {r['width']} | {r['parameters'] or 0:,} | {r['batch']} | {r['lr']:g} | "
-                       f"{r['steps']} | {tps} | {mark}{loss}{mark} | {mark}{_fmt(r['below_floor'])}{mark} |")
+                       f"{r['steps']} | {tps} | {mark}{loss}{mark} | {mark}{fmt(r['below_floor'])}{mark} |")
         out.append("")
     return "\n".join(out + damaged)
 
@@ -154,9 +151,9 @@ def preset_markdown(preset_name: str, probe_rows: list[dict], results: str | Pat
                 "| model | budget | final loss | floor | below floor | wall s / RST s |", "|---|---|---|---|---|---|"]
         for (model, budget_s), g in base.groupby(["model", "budget_rst_s"]):
             r = g.sort_values("seed").iloc[0]
-            out.append(f"| {model.upper()} | {format_budget(budget_s)} | {_fmt(r['final_val_loss'])} | "
-                       f"{_fmt(r['floor'])} | {_fmt(r['floor'] - r['final_val_loss'])} | "
-                       f"{_fmt(r['wall_s'] / r['rst_s'], 2)} |")
+            out.append(f"| {model.upper()} | {format_budget(budget_s)} | {fmt(r['final_val_loss'])} | "
+                       f"{fmt(r['floor'])} | {fmt(r['floor'] - r['final_val_loss'])} | "
+                       f"{fmt(r['wall_s'] / r['rst_s'], 2)} |")
         ratio = float((base["wall_s"] / base["rst_s"]).mean())
         from ntng.methods import paper_ablations
 
@@ -234,7 +231,7 @@ def tuning_markdown(rows: list[dict]) -> str:
     for r in rows:
         tried = []
         for t in r["trials"]:
-            loss = _fmt(t["final_val_loss"]) if t["final_val_loss"] is not None else t["status"]
+            loss = fmt(t["final_val_loss"]) if t["final_val_loss"] is not None else t["status"]
             mark = LOWEST if r["chosen"] is not None and t["value"] == r["chosen"] else ""
             tried.append(f"{mark}{_show(t['value'])}: {loss}{mark}")
         chosen = "" if r["chosen"] is None else _show(r["chosen"]) + ("" if r["complete"] else " (so far)")

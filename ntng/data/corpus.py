@@ -30,6 +30,7 @@ import numpy as np
 from ntng.data import sources as src
 from ntng.data import vocab
 from ntng.errors import RunError, UsageError
+from ntng.files import atomic_path, remove_temporaries, write_text_atomic
 from ntng.presets import PRESETS, Preset, get_preset
 
 DATA_FORMAT = 1  # bump when the layout or any build rule changes: old builds are then rebuilt
@@ -50,33 +51,14 @@ def default_data_dir() -> Path:
 
 # --- small atomic-write helpers ------------------------------------------------------------------------
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _save_dataset_atomic(dataset, target: Path) -> None:
     """save_to_disk into a temporary sibling, then rename: the target is either whole or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-
-
-def _remove_stale_temporaries(root: Path) -> None:
-    for tmp in root.rglob(".*.tmp-*"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        dataset.save_to_disk(str(tmp))
 
 
 # --- splits ---------------------------------------------------------------------------------------------
@@ -446,7 +428,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
     data_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(data_dir, os.W_OK):
         raise UsageError(f"data directory {data_dir} is not writable")
-    _remove_stale_temporaries(data_dir)
+    remove_temporaries(data_dir, recursive=True)
     import datasets
 
     datasets.disable_progress_bars()  # one line per step is what a log of `ntng data` needs
@@ -503,10 +485,8 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                 texts = corpus_data["train"]["text"]
                 tok = (train_wordpiece if model == "bert" else train_unigram)(texts, preset.vocab_size)
                 check_tokenizer(tok, model, preset.vocab_size)
-                tok_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = tok_path.with_name(f".{tok_path.name}.tmp-{os.getpid()}")
-                tok.save(str(tmp))
-                os.replace(tmp, tok_path)
+                with atomic_path(tok_path) as tmp:
+                    tok.save(str(tmp))
                 entry["tokenizers"][name] = {"model": model, "vocab_size": tok.get_vocab_size(),
                                              "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest()[:16],
                                              "seconds": round(time.perf_counter() - t0, 1)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from ntng.data import corpus as data_mod
 from ntng.data.batches import concat_batches, make_collator
 from ntng.data.splits import select_split
 from ntng.errors import RunError
+from ntng.files import atomic_path, write_text_atomic
 from ntng.models.pretraining import build_model
 from ntng.presets import format_budget
 from ntng.training.device import autocast_dtype, pick_device
@@ -152,12 +152,9 @@ def ensure_il_losses(spec, budget_s: float, seed: int, pretrain, log=print) -> t
             "mean_il_loss": float(losses.mean()), "rst_table": spec.table.name, "train_fingerprint": fingerprint,
             "mask_seed": IL_MASK_SEED,
         }
-        tmp = cache / f".losses.tmp-{os.getpid()}.npz"
-        np.savez(tmp, example_ids=ids, il_losses=losses)
-        os.replace(tmp, losses_path)
-        tmp = cache / f".il.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, info_path)
+        with atomic_path(losses_path) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, example_ids=ids, il_losses=losses)
+        write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
         log(f"IL model: {len(ids):,} losses computed in {info['scoring_wall_s']:.1f} s wall "
             f"({info['scoring_rst_s']:.1f} s RST), mean {info['mean_il_loss']:.4f}")
         return ids, losses, {**info, "reused": False}

@@ -10,9 +10,10 @@ that prices the optimizer (`ntng calibrate` prices every registered one) is alwa
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from ntng.files import write_text_atomic
 
 ESTIMATE_REPEATS, ESTIMATE_WARMUP = 7, 2
 
@@ -65,9 +66,7 @@ def estimated_price(table, key: str, method, model_name: str, preset, data_dir: 
                 entry = {"ratio": measured["ratio"], "of": "adamw", "measured_on": time.strftime("%Y-%m-%d"),
                          "measured": measured}
                 cached[key] = entry
-                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                tmp.write_text(json.dumps(cached, indent=2) + "\n")
-                os.replace(tmp, path)
+                write_text_atomic(path, json.dumps(cached, indent=2) + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return {"seconds": table.optimizer_seconds("adamw") * entry["ratio"], "estimate": True, "table": table.name,

@@ -1,6 +1,6 @@
 """A run directory: config.json, metrics.csv, summary.json, checkpoint.pt (docs/records.md).
 
-Every whole-file write goes to a temporary name and is renamed into place, so a reader (or a resume after a kill)
+Every whole-file write goes to a temporary name and is renamed into place (`ntng.files`), so a reader (or a resume after a kill)
 sees either the old file or the new one, never half of one. metrics.csv is appended row by row; a resume first
 cuts it back to the rows its checkpoint knows about.
 """
@@ -11,28 +11,15 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from ntng.errors import RunError
+from ntng.files import remove_temporaries, write_bytes_atomic
 
 METRIC_COLUMNS = ("step", "rst_s", "wall_s", "tokens", "train_loss", "lr", "active_layers", "val_loss", "val_floor")
 # records made before the evaluation set had its own floor (ntng.training.evaluation): read with val_floor empty
 LEGACY_METRIC_COLUMNS = METRIC_COLUMNS[:-1]
 STATUSES = ("running", "complete", "diverged", "failed")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj) -> None:
@@ -139,8 +126,7 @@ class RunDir:
 
     def remove_temporaries(self) -> None:
         """Half-written files of a killed writer (`.<name>.tmp-<pid>`): never read, safe to drop."""
-        for tmp in self.path.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+        remove_temporaries(self.path)
 
     def write_config(self, config: dict) -> None:
         write_json(self.config_path, config)

@@ -1,0 +1,51 @@
+"""The one atomic writer (ntng.files) and the one number formatter (ntng.book.numbers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ntng.book.numbers import fmt, fmt_ci
+from ntng.files import atomic_path, remove_temporaries, write_text_atomic
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "summary.json"
+    write_text_atomic(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed half-way")
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_a_folder_is_replaced_whole(tmp_path):
+    target = tmp_path / "packed"
+    target.mkdir()
+    (target / "stale.arrow").write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "data.arrow").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["data.arrow"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed"]
+
+
+def test_what_killed_writers_left_is_dropped(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for leftover in (tmp_path / ".config.json.tmp-12", tmp_path / "sub" / ".metrics.csv.tmp-7"):
+        leftover.write_text("half")
+    (tmp_path / "keep.json").write_text("{}")
+    remove_temporaries(tmp_path)
+    assert (tmp_path / "sub" / ".metrics.csv.tmp-7").exists() and not (tmp_path / ".config.json.tmp-12").exists()
+    remove_temporaries(tmp_path, recursive=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.json", "sub"]
+
+
+def test_numbers_are_written_one_way():
+    assert fmt(6.12549) == "6.125" and fmt("4.5", 1) == "4.5" and fmt(-0.0304, signed=True) == "-0.030"
+    assert fmt(0.25, 2, signed=True) == "+0.25"
+    assert [fmt(v) for v in (None, math.nan, math.inf, "n/a")] == ["-"] * 4
+    assert fmt(None, missing="") == ""
+    assert fmt_ci(6.125, 6.1, 6.15) == "6.125 [6.100, 6.150]"
+    assert fmt_ci(-0.2, -0.31, -0.09, signed=True) == "-0.200 [-0.310, -0.090]"
+    assert fmt_ci(6.125, math.nan, math.nan) == "6.125" and fmt_ci(math.nan, 1, 2) == "-"
