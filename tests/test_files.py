@@ -1,4 +1,4 @@
-"""The one atomic writer (ntng.files) and the one number formatter (ntng.book.numbers)."""
+"""The one atomic writer (ntng.files), the one number formatter (ntng.book.numbers) and the cost chapter's checks."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def test_numbers_are_written_one_way():
     assert fmt_ci(6.125, 6.1, 6.15) == "6.125 [6.100, 6.150]"
     assert fmt_ci(-0.2, -0.31, -0.09, signed=True) == "-0.200 [-0.310, -0.090]"
     assert fmt_ci(6.125, math.nan, math.nan) == "6.125" and fmt_ci(math.nan, 1, 2) == "-"
+
+
+def test_the_cost_chapter_checks_each_target_and_explains_a_missing_benchmark(tmp_path):
+    from ntng.book import cost
+
+    bench = {"speedup_vs_hf_default": 2.5, "bert_mfu": 0.41, "t5_mfu": 0.39,
+             "wall_over_rst": {"baseline": 1.04, "lion": 0.93}, "wall_over_rst_t5": {"baseline": 1.08},
+             "clock_overhead_fraction": 0.004, "loader_wait_fraction": 0.03}
+    rows = cost.targets(bench).set_index("target")
+    assert list(rows["verdict"]) == ["**not met**", "**not met**", "met", "-", "met", "**not met**"]
+    assert rows["measured"].tolist()[:3] == ["2.50x", "41.0% / 39.0%", "0.93 .. 1.08"]
+    bench["wall_over_rst_relative"] = {"baseline": 1.0, "lion": 1.12}
+    assert cost.targets(bench)["verdict"][3] == "**not met**"
+    missing, why = cost.read_bench(tmp_path / "bench.json")
+    assert missing is None and "run `make bench`" in why
+    (tmp_path / "bench.json").write_text("{half")
+    assert "cannot be read" in cost.read_bench(tmp_path / "bench.json")[1]
