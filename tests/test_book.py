@@ -236,18 +236,6 @@ def test_the_scale_and_tuning_pages_show_the_probe_and_tuning_records(book):
     assert "0.00035: 6.050" in row["tried (final loss)"]
 
 
-def test_a_family_without_runs_says_so(tmp_path):
-    results = tmp_path / "results"
-    syn.write_run(results, "bert", "baseline", "5s", 0)
-    syn.write_run(results, "bert", "lion", "5s", 0)
-    index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=tmp_path / "out", log=print)
-    html = (index.parent / "book" / "family-dynamic.html").read_text()
-    assert "No runs of dynamic architectures" in html
-    assert "No fine-tuning results" in (index.parent / "book" / "downstream.html").read_text()
-    assert "No probe records yet" in (index.parent / "book" / "scale.html").read_text()
-    assert "No tuning records yet" in (index.parent / "book" / "tuning.html").read_text()
-
-
 def test_the_book_runs_the_grid_cells_side_by_side_on_a_cpu_preset(tmp_path, monkeypatch):
     import os
 
