@@ -19,12 +19,14 @@ def temporary_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, make_parent: bool = False):
     """Yields a temporary sibling of `path` for a writer that wants a path of its own (a tokenizer's save, a
     dataset's `save_to_disk`); renames it onto `path` (a file, or a folder replacing the old one) when the block
-    ends without an error, and removes it otherwise."""
+    ends without an error, and removes it otherwise. The folder it goes in must exist unless `make_parent` (a run
+    directory removed under a running run is an error, not a folder to make again)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     remove(tmp)
     try:
@@ -36,15 +38,15 @@ def atomic_path(path: Path):
         remove(tmp)
 
 
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+def write_bytes_atomic(path: Path, payload: bytes, make_parent: bool = False) -> None:
+    with atomic_path(path, make_parent) as tmp, open(tmp, "wb") as fh:
         fh.write(payload)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+def write_text_atomic(path: Path, text: str, make_parent: bool = False) -> None:
+    write_bytes_atomic(path, text.encode(), make_parent)
 
 
 def remove(path: Path) -> None:

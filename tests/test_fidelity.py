@@ -113,9 +113,16 @@ def test_a_variant_resolves_to_its_method_flags_and_run_directory(built_fixture,
     by_kind = resolve("bert", "sophia", "2s", "tiny", data_dir=data_dir, free_work=("hessian",))
     assert by_kind.variant == "sophia+free_hessian" and by_kind.free_work == ("hessian",)
     assert by_kind.free_flags() == {"free_scoring": False, "free_hessian": True}
-    assert by_kind.identity() == spec.identity()
-    for kinds in (("optimizer",), ("train",), ("scoring",)):  # not extra work; or work Sophia does not do
-        with pytest.raises(UsageError, match="free"):
+    # the records (config.json's identity, which --resume compares) keep their keys, in their order
+    identity = by_kind.identity()
+    assert identity == spec.identity() and list(identity)[:12] == [
+        "model", "method", "budget_rst_s", "preset", "seed", "rst_table", "free_scoring", "free_hessian", "corpus",
+        "method_options", "data_split", "evaluation"]
+    assert (identity["free_scoring"], identity["free_hessian"]) == (False, True)
+    for kinds, words in ((("optimizer",), "no kind of extra work 'optimizer'"),
+                         (("train",), "no kind of extra work 'train'"),
+                         (("scoring",), "method sophia does no scoring passes")):
+        with pytest.raises(UsageError, match=words):
             resolve("bert", "sophia", "2s", "tiny", data_dir=data_dir, free_work=kinds)
     options = resolve("bert", "lion+lr=0.002", "2s", "tiny", data_dir=data_dir)
     assert options.method_options == {"lr": 0.002} and options.variant == "lion+lr=0.002"

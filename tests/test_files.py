@@ -66,3 +66,13 @@ def test_the_cost_chapter_checks_each_target_and_explains_a_missing_benchmark(tm
     assert missing is None and "run `make bench`" in why
     (tmp_path / "bench.json").write_text("{half")
     assert "cannot be read" in cost.read_bench(tmp_path / "bench.json")[1]
+
+
+def test_a_record_is_not_written_into_a_folder_that_is_gone(tmp_path):
+    from ntng.files import write_bytes_atomic
+
+    with pytest.raises(FileNotFoundError):  # a run directory removed under a running run: an error, no new folder
+        write_bytes_atomic(tmp_path / "run" / "summary.json", b"{}")
+    assert not (tmp_path / "run").exists()
+    write_text_atomic(tmp_path / "data" / "manifest.json", "{}\n", make_parent=True)  # the data folder is made
+    assert (tmp_path / "data" / "manifest.json").read_text() == "{}\n"

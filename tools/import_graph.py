@@ -28,7 +28,7 @@ def wing_of(module: str) -> str:
 
 def imports(path: Path, package: Path = PACKAGE) -> set[str]:
     """The ntng modules `path` imports, as absolute names."""
-    here = "ntng." + ".".join(path.relative_to(package).with_suffix("").parts)
+    here = module_name(path, package)
     package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -41,6 +41,9 @@ def imports(path: Path, package: Path = PACKAGE) -> set[str]:
                 name = node.module or ""
             if name.startswith("ntng"):
                 out.add(name)
+                # `from ntng.data import corpus` imports the module ntng.data.corpus (a name that is no module is
+                # cut back to its module by the caller)
+                out |= {f"{name}.{a.name}" for a in node.names if a.name != "*"}
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("ntng")}
     return {n for n in out if n != "ntng"}
@@ -82,13 +85,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def summary(package: Path) -> int:
-    """The module graph of the package at `package` (this checkout's, or another commit's extracted with
-    `git archive`): modules, import arrows between them (a package's import of its own __init__ aside), cycles,
-    the longest file and the widest folder."""
-    sys.setrecursionlimit(10_000)
-    files = sorted(package.rglob("*.py"))
-    names = {module_name(f, package): f for f in files}
+def module_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a package's import of its own __init__ aside)."""
+    names = {module_name(f, package): f for f in sorted(package.rglob("*.py"))}
     graph = {}
     for name, path in names.items():
         targets = set()
@@ -98,6 +97,17 @@ def summary(package: Path) -> int:
             if target in names and target != name and not name.startswith(target + "."):
                 targets.add(target)
         graph[name] = targets
+    return graph
+
+
+def summary(package: Path) -> int:
+    """The module graph of the package at `package` (this checkout's, or another commit's extracted with
+    `git archive`): modules, import arrows between them (a package's import of its own __init__ aside), cycles,
+    the longest file and the widest folder."""
+    sys.setrecursionlimit(10_000)
+    files = sorted(package.rglob("*.py"))
+    names = {module_name(f, package): f for f in files}
+    graph = module_graph(package)
     lines = {name: len(path.read_text().splitlines()) for name, path in names.items()}
     longest = max(lines, key=lines.get)
     folders = defaultdict(int)
@@ -117,16 +127,15 @@ def main() -> int:
         return summary(Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else PACKAGE)
     edges: dict[tuple[str, str], int] = defaultdict(int)
     against = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).with_suffix("")
-        source = rel.parts[0]
-        for target in imports(path):
+    for source_module, targets in sorted(module_graph().items()):
+        source = wing_of(source_module)
+        for target in sorted(targets):
             to = wing_of(target)
             if to == source:
                 continue
             edges[(source, to)] += 1
             if ORDER.get(to, 0) > ORDER.get(source, 0):
-                against.append(f"{'/'.join(rel.parts)}.py imports {target}")
+                against.append(f"{source_module} imports {target}")
     for (a, b), n in sorted(edges.items(), key=lambda e: (ORDER.get(e[0][0], 9), e[0])):
         print(f"{a:12s} -> {b:12s} {n}")
     for line in against:

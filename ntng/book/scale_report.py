@@ -9,12 +9,17 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ntng.book.figures import COLUMN_INCHES
-from ntng.book.numbers import fmt
+from ntng.book.numbers import fmt as format_number
 from ntng.book.run_table import load_runs
 from ntng.experiments.tuning import MAX_EXTENSIONS, NOISE_MARGIN_NATS
 from ntng.presets import REFERENCE_BELOW_FLOOR, Preset, format_budget, get_preset, parse_budget
 
 LOWEST = "**"  # marks the lowest final loss of a model in a table
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number on the scale page; a missing one is left blank, as `ntng probe` prints it."""
+    return format_number(value, digits, missing="")
 
 
 def _show(value) -> str:

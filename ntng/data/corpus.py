@@ -52,12 +52,12 @@ def default_data_dir() -> Path:
 # --- small atomic-write helpers ------------------------------------------------------------------------
 
 def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", make_parent=True)
 
 
 def _save_dataset_atomic(dataset, target: Path) -> None:
     """save_to_disk into a temporary sibling, then rename: the target is either whole or absent."""
-    with atomic_path(target) as tmp:
+    with atomic_path(target, make_parent=True) as tmp:
         dataset.save_to_disk(str(tmp))
 
 
@@ -485,7 +485,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
                 texts = corpus_data["train"]["text"]
                 tok = (train_wordpiece if model == "bert" else train_unigram)(texts, preset.vocab_size)
                 check_tokenizer(tok, model, preset.vocab_size)
-                with atomic_path(tok_path) as tmp:
+                with atomic_path(tok_path, make_parent=True) as tmp:
                     tok.save(str(tmp))
                 entry["tokenizers"][name] = {"model": model, "vocab_size": tok.get_vocab_size(),
                                              "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest()[:16],
@@ -524,7 +524,7 @@ def build_data(data_dir: Path | str | None = None, presets: Iterable[str] = ("sm
     if changed:
         manifest["built_seconds"] = round(time.perf_counter() - started, 1)
         write_json_atomic(data_dir / "manifest.json", {k: v for k, v in manifest.items() if k != "changed"})
-        write_text_atomic(data_dir / "README.md", render_manifest(manifest))
+        write_text_atomic(data_dir / "README.md", render_manifest(manifest), make_parent=True)
     return manifest
 
 

@@ -65,8 +65,8 @@ def check_method_class(cls, spec: str) -> type[Method]:
     if not isinstance(family, str) or (family and not _NAME.fullmatch(family)):
         raise UsageError(f"method {spec!r}: family must be a name (lower case, digits, _), got {family!r}")
     extra_work = getattr(cls, "extra_work", ())
-    if not (isinstance(extra_work, tuple) and set(extra_work) <= set(EXTRA_KINDS)):
-        raise UsageError(f"method {spec!r}: extra_work must be a tuple of kinds of extra work "
+    if not (isinstance(extra_work, (tuple, list)) and set(extra_work) <= set(EXTRA_KINDS)):
+        raise UsageError(f"method {spec!r}: extra_work must list kinds of extra work "
                          f"({', '.join(EXTRA_KINDS)}), got {extra_work!r}")
     for hook, arguments in (*((h, ("run",)) for h in HOOKS), ("prepare", ("spec", "log", "pretrain=")),
                             ("lr_multiplier", ("budget_fraction",))):

@@ -109,6 +109,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     parsed = parse_variant(method)
     method_spec = parsed.method
     method = find_method(method_spec).name  # a plug-in runs (and is recorded) under the name it gives itself
+    free_work = (free_work,) if isinstance(free_work, str) else tuple(free_work)
     flags = {**parsed.run_flags(), **({"free_scoring": True} if free_scoring else {}),
              **({"free_hessian": True} if free_hessian else {}), **{f"free_{kind}": True for kind in free_work}}
     unknown = sorted(set(flags) - set(RUN_FLAGS))
