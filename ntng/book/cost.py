@@ -12,6 +12,7 @@ import pandas as pd
 
 from ntng.book.numbers import fmt
 from ntng.book.run_table import label
+from ntng.resources import CHECKOUT
 
 # the benchmark's targets: ntng's loop against the HF default, MFU, the RST tables' fidelity, the loop's overheads
 SPEEDUP_TARGET = 3.0  # ntng BERT's tokens/s over the HF default path's
@@ -45,13 +46,19 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def shown_path(path: Path) -> str:
+    """`path` as a reader of the published book can find it: within the checkout, relative to it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(CHECKOUT)) if path.is_relative_to(CHECKOUT) else str(path)
+
+
 def measured_on(bench: dict, path: Path) -> str:
     """Where and when, and whether the machine was busy (which lowers every throughput)."""
     load = bench["load_average_before"][0], bench["load_average_after"][0]
     machine = bench["machine"]
     cores = machine["cpu_count"]
     busy = max(load) > BUSY_LOAD * cores
-    return (f"From `{path}`. Measured on {bench['measured_on']} ({bench['mode']} mode) on "
+    return (f"From `{shown_path(path)}`. Measured on {bench['measured_on']} ({bench['mode']} mode) on "
             f"`{machine.get('gpu') or machine['cpu']}`, {cores} cores, {machine['torch_threads']} torch threads, "
             f"torch {bench['torch']}, default precision {bench['default_precision']}. Load average {load[0]:.2f} "
             f"before and {load[1]:.2f} after"
