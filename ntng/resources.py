@@ -22,3 +22,10 @@ def project_root() -> Path:
 
 def notebook(name: str) -> Path:
     return project_root() / "notebooks" / name
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` as a reader of the published book can find it: relative to the checkout when it lies inside it (the
+    builder's own folders mean nothing to a reader), else as it is."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(CHECKOUT)) if resolved.is_relative_to(CHECKOUT) else str(path)

@@ -63,10 +63,13 @@ def test_the_cost_chapter_checks_each_target_and_explains_a_missing_benchmark(tm
     bench["wall_over_rst_relative"] = {"baseline": 1.0, "lion": 1.12}
     assert cost.targets(bench)["verdict"][3] == "**not met**"
     # where the numbers come from, as a reader of the published book finds it: relative to the checkout
-    from ntng.resources import CHECKOUT
+    from ntng.resources import CHECKOUT, shown_path
 
-    assert cost.shown_path(CHECKOUT / "benchmarks" / "reference" / "bench.json") == "benchmarks/reference/bench.json"
-    assert cost.shown_path(tmp_path / "bench.json") == str(tmp_path.resolve() / "bench.json")
+    assert shown_path(CHECKOUT / "benchmarks" / "reference" / "bench.json") == "benchmarks/reference/bench.json"
+    assert shown_path(tmp_path / "bench.json") == str(tmp_path / "bench.json")
+    assert "From `benchmarks/reference/bench.json`." in cost.measured_on(
+        cost.read_bench(CHECKOUT / "benchmarks" / "reference" / "bench.json")[0],
+        CHECKOUT / "benchmarks" / "reference" / "bench.json")
     missing, why = cost.read_bench(tmp_path / "bench.json")
     assert missing is None and "run `make bench`" in why
     (tmp_path / "bench.json").write_text("{half")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ntng.book.numbers import fmt
 from ntng.book.run_table import label
-from ntng.resources import CHECKOUT
+from ntng.resources import shown_path
 
 # the benchmark's targets: ntng's loop against the HF default, MFU, the RST tables' fidelity, the loop's overheads
 SPEEDUP_TARGET = 3.0  # ntng BERT's tokens/s over the HF default path's
@@ -44,12 +44,6 @@ def rate(x) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
-
-
-def shown_path(path: Path) -> str:
-    """`path` as a reader of the published book can find it: within the checkout, relative to it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(CHECKOUT)) if path.is_relative_to(CHECKOUT) else str(path)
 
 
 def measured_on(bench: dict, path: Path) -> str:

@@ -23,6 +23,7 @@ from ntng.book.run_table import (
 from ntng.book.statistics import difference_to_baseline, final_loss_table, floors, time_to_target
 from ntng.errors import UsageError
 from ntng.presets import format_budget, get_preset
+from ntng.resources import shown_path
 from ntng.training.variants import base_method
 
 # --- RST tables ------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def taxonomy_table(table: RunTable) -> pd.DataFrame:
 
 def overview_text(table: RunTable) -> str:
     """Generated: which results these are (preset, folder, models, budgets, seeds)."""
-    where = f"`{table.root}`"
+    where = f"`{shown_path(table.root)}`"
     if table.runs.empty:
         return (f"There are no readable runs under {where} yet: run `ntng sweep --preset {table.preset} "
                 f"--results {table.results}` (or `ntng book`, which runs the grid when it is missing).")
