@@ -70,6 +70,12 @@ def test_the_cost_chapter_checks_each_target_and_explains_a_missing_benchmark(tm
     assert "From `benchmarks/reference/bench.json`." in cost.measured_on(
         cost.read_bench(CHECKOUT / "benchmarks" / "reference" / "bench.json")[0],
         CHECKOUT / "benchmarks" / "reference" / "bench.json")
+    # the reproduce page's commands name the committed records as a reader's checkout has them
+    from ntng.book import report, run_table
+
+    commands = report.reproduce_text(run_table.load_runs(CHECKOUT / "results", "cpu"))
+    assert str(CHECKOUT) not in commands
+    assert "--preset cpu --results results " in commands and "--out results/cpu/" in commands
     missing, why = cost.read_bench(tmp_path / "bench.json")
     assert missing is None and "run `make bench`" in why
     (tmp_path / "bench.json").write_text("{half")

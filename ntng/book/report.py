@@ -361,7 +361,7 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
 
 def reproduce_text(table: RunTable) -> str:
     """Generated: the exact commands that re-make these results and this book."""
-    preset, results = table.preset, table.results
+    preset, results = table.preset, shown_path(table.results)
     try:
         spec = get_preset(preset)
         finetuned = " ".join(spec.book_finetune_budgets())
@@ -369,7 +369,7 @@ def reproduce_text(table: RunTable) -> str:
         finetuned = "BUDGET ..."
     example = table.runs.iloc[0] if len(table.runs) else None
     lines = ["```bash",
-             "make book                       # .venv, data, the smoke grid, this book (fresh clone)",
+             "make book                       # fresh clone: .venv, data, the reference book from the committed records",
              ".venv/bin/ntng data",
              f".venv/bin/ntng sweep --preset {preset} --results {results}          # the whole grid (skips complete runs)",
              f".venv/bin/ntng sweep --preset {preset} --results {results} --finetune {finetuned}  # as `ntng book` "
@@ -377,7 +377,7 @@ def reproduce_text(table: RunTable) -> str:
              f".venv/bin/ntng sweep --preset {preset} --results {results} --executor ray --ray-address auto --jobs 4",
              f".venv/bin/ntng book --preset {preset} --results {results}           # this book"]
     if example is not None:
-        run_dir = Path(example["run_dir"])
+        run_dir = shown_path(example["run_dir"])
         lines += ["# one cell of the grid, as the sweep runs it (papermill) and by hand (the same function):",
                   f"papermill notebooks/pretrain.ipynb {run_dir}/notebook.ipynb -p model {example['model']} "
                   f"-p method {example['method']} -p budget {example['budget']} -p preset {preset} "
