@@ -35,6 +35,13 @@ ERROR_OUTPUTS_JS = """document.querySelectorAll(
 NAV_JS = """[...document.querySelectorAll("nav.bd-docs-nav a.reference")].map(a => a.href)"""
 TABLE_JS = """[...document.querySelectorAll("main table")].map(t => [...t.rows].map(r => [...r.cells].map(c =>
   c.innerText.trim())))"""
+# the result tables, a table per model under the model's name: [name, rows] each
+RESULT_TABLES_JS = """[...document.querySelectorAll("main table")].map(t => {
+  const block = t.closest(".pst-scrollable-table-container") || t, above = block.previousElementSibling;
+  return [above ? above.innerText.trim() : "", [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim()))]; })"""
+# per result table shown at this width: [its content's width, its box's width] (wider content scrolls sideways)
+RESULT_TABLE_WIDTHS_JS = """[...document.querySelectorAll("main table")].filter(t =>
+  t.rows.length && t.rows[0].innerText.includes("final val loss")).map(t => [t.scrollWidth, t.clientWidth])"""
 APPENDIX_LINKS_JS = """[...document.querySelectorAll("main a[href*='/runs/']")].map(a => a.href)"""
 # per figure: its shown width against the text column's (ntng.css stretches every figure output to the column)
 FIGURE_WIDTH_JS = """[...document.querySelectorAll("main .cell_output img")].map(i => [i.getBoundingClientRect().width,
@@ -140,27 +147,37 @@ def test_figures_span_the_text_column_and_no_number_wraps_at_1280px(book):
     browser = book["browser"]
     browser.call("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1,
                                                          "mobile": False}, session=True)
-    checked = 0
+    checked = tables = 0
     for page in ("intro", "verdicts", "family-dynamic", "family-optimizers", "downstream", "scale", "tuning"):
         browser.open((book["index"].parent / "book" / f"{page}.html").as_uri())
         for shown, column in browser.evaluate(FIGURE_WIDTH_JS):
             assert shown >= 0.9 * column, f"{page}: a figure {shown:.0f} px wide in a {column:.0f} px column"
             checked += 1
         assert browser.evaluate(WRAPPED_NUMBERS_JS) == [], f"{page}: numbers broken over two lines"
-    assert checked >= 10
+        for content, box in browser.evaluate(RESULT_TABLE_WIDTHS_JS):  # the result tables fit: nothing hides
+            assert content <= box + 1, f"{page}: a result table {content} px wide in a {box} px box"
+            tables += 1
+    assert checked >= 10 and tables >= 5  # intro's two, three chapters' one or two each
     # the check can fail: the same interval with plain spaces in a column squeezed to one digit's width breaks
     browser.evaluate("""(() => { const td = document.querySelector("main table td");
       td.innerText = "6.125 [6.100, 6.150]"; td.style.maxWidth = "1ch"; td.style.whiteSpace = "normal"; })()""")
     assert browser.evaluate(WRAPPED_NUMBERS_JS) == ["6.125 [6.100, 6.150]"]
 
 
+def _result_rows(browser) -> dict:
+    """(model, method, budget) -> the row of the page's result tables (a table per model, under its name)."""
+    rows = {}
+    for name, table in browser.evaluate(RESULT_TABLES_JS):
+        if table and "final val loss [95% CI]" in table[0]:
+            assert "model" not in table[0] and name in ("BERT", "T5"), f"a result table under {name!r}"
+            rows.update({(name.lower(), r[0], r[1]): dict(zip(table[0], r, strict=True)) for r in table[1:]})
+    return rows
+
+
 def test_introduction_table_matches_the_run_directories(book):
     browser, results = book["browser"], book["results"]
     browser.open((book["index"].parent / "book" / "intro.html").as_uri())
-    tables = browser.evaluate(TABLE_JS)
-    table = next(t for t in tables if t and "final val loss [95% CI]" in t[0])
-    header = table[0]
-    rows = {(r[0], r[1], r[2]): dict(zip(header, r, strict=True)) for r in table[1:]}
+    rows = _result_rows(browser)
     labels = {"baseline": "baseline", "layer_stacking": "layer stacking", "layer_dropping": "layer dropping",
               "selective_backprop": "selective backprop", "lion": "Lion", "sophia": "Sophia"}
     checked = 0
@@ -170,7 +187,7 @@ def test_introduction_table_matches_the_run_directories(book):
             base = _expected_final(results, "bert", "baseline", budget)
             row = rows[("bert", label, budget)]
             assert row["final val loss [95% CI]"].startswith(f"{sum(losses) / len(losses):.3f}")
-            assert row["complete/runs"] == f"{len(losses)}/2"
+            assert row["runs"] == f"{len(losses)}/2"
             assert row["below floor"] == f"{syn.FLOOR['bert'] - sum(losses) / len(losses):.3f}"
             if method != "baseline":
                 diff = sum(a - b for a, b in zip(losses, base, strict=True)) / len(losses)
@@ -178,7 +195,7 @@ def test_introduction_table_matches_the_run_directories(book):
             checked += 1
     assert checked == 18
     assert rows[("t5", "Lion", "5s")]["verdict"] == "one seed: higher loss"
-    assert rows[("bert", "RHO-LOSS", "5s")]["complete/runs"] == "0/2 (1 diverged, 1 failed)"
+    assert rows[("bert", "RHO-LOSS", "5s")]["runs"] == "0/2 (1 diverged, 1 failed)"
     records = browser.evaluate(RECORD_JS)
     for run, file in book["written"]["unreadable"].items():
         assert run in records and file in records, f"{run} ({file}) is not listed as unreadable"
@@ -188,16 +205,14 @@ def test_introduction_table_matches_the_run_directories(book):
 def test_the_ablation_shows_beside_its_charged_method_and_departures_page_builds(book):
     browser, results = book["browser"], book["results"]
     browser.open((book["index"].parent / "book" / "family-selection.html").as_uri())
-    tables = browser.evaluate(TABLE_JS)
-    table = next(t for t in tables if t and "final val loss [95% CI]" in t[0])
-    rows = {(r[0], r[1], r[2]): dict(zip(table[0], r, strict=True)) for r in table[1:]}
+    rows = _result_rows(browser)
     losses = _expected_final(results, "bert", syn.VARIANT, "10s")
     base = _expected_final(results, "bert", "baseline", "10s")
     row = rows[("bert", "selective backprop (free scoring)", "10s")]
     assert row["final val loss [95% CI]"].startswith(f"{sum(losses) / len(losses):.3f}")
     diff = sum(a - b for a, b in zip(losses, base, strict=True)) / len(losses)
     assert row["vs baseline [95% CI]"].startswith(f"{diff:+.3f}")
-    labels = [r[1] for r in table[1:]]
+    labels = [method for model, method, _ in rows if model == "bert"]
     assert labels.index("selective backprop (free scoring)") > labels.index("selective backprop")
     browser.open((book["index"].parent / "book" / "family-warm_start.html").as_uri())
     text = browser.evaluate(TEXT_JS)

@@ -112,7 +112,7 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
         runs_text = f"{row['complete']}/{row['runs']}" + (f" ({row['not_complete']})" if row["not_complete"] else "")
         floor = floor_of.get(row["model"], math.nan)
         out.append({"model": row["model"], "method": label(row["method"]),
-                    "budget": row["budget"], "complete/runs": runs_text,
+                    "budget": row["budget"], "runs": runs_text,
                     "final val loss [95% CI]": fmt_ci(row["mean"], row["ci_low"], row["ci_high"]),
                     "below floor": fmt(floor - row["mean"]),
                     "vs baseline [95% CI]": "-" if row["method"] == "baseline" or d is None
@@ -120,6 +120,17 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
                     "verdict": "" if row["method"] == "baseline" or d is None else d["verdict"],
                     "speed-up": "" if row["method"] == "baseline" else speedup_text(s)})
     return pd.DataFrame(out)
+
+
+def results_markdown(table: RunTable, methods=None) -> str:
+    """The result table as the book shows it: a table per model under its name, so that the columns fit the page."""
+    results = results_table(table, methods)
+    if results.empty:
+        return "*No complete runs of these methods yet.*"
+    parts = []
+    for model in dict.fromkeys(results["model"]):
+        parts += [f"**{model.upper()}**", markdown_table(results[results["model"] == model].drop(columns="model"))]
+    return "\n\n".join(parts)
 
 
 def speedup_text(speed: pd.DataFrame) -> str:
