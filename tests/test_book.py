@@ -39,9 +39,9 @@ TABLE_JS = """[...document.querySelectorAll("main table")].map(t => [...t.rows].
 RESULT_TABLES_JS = """[...document.querySelectorAll("main table")].map(t => {
   const block = t.closest(".pst-scrollable-table-container") || t, above = block.previousElementSibling;
   return [above ? above.innerText.trim() : "", [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim()))]; })"""
-# per result table shown at this width: [its content's width, its box's width] (wider content scrolls sideways)
-RESULT_TABLE_WIDTHS_JS = """[...document.querySelectorAll("main table")].filter(t =>
-  t.rows.length && t.rows[0].innerText.includes("final val loss")).map(t => [t.scrollWidth, t.clientWidth])"""
+# per table shown at this width: [its first header, its content's width, its box's width] (wider content scrolls)
+TABLE_WIDTHS_JS = """[...document.querySelectorAll("main table")].map(t =>
+  [t.rows.length ? t.rows[0].cells[0].innerText.trim() : "", t.scrollWidth, t.clientWidth])"""
 APPENDIX_LINKS_JS = """[...document.querySelectorAll("main a[href*='/runs/']")].map(a => a.href)"""
 # per figure: its shown width against the text column's (ntng.css stretches every figure output to the column)
 FIGURE_WIDTH_JS = """[...document.querySelectorAll("main .cell_output img")].map(i => [i.getBoundingClientRect().width,
@@ -148,16 +148,17 @@ def test_figures_span_the_text_column_and_no_number_wraps_at_1280px(book):
     browser.call("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1,
                                                          "mobile": False}, session=True)
     checked = tables = 0
-    for page in ("intro", "verdicts", "family-dynamic", "family-optimizers", "downstream", "scale", "tuning"):
+    for page in ("intro", "verdicts", "family-dynamic", "family-selection", "family-optimizers", "controls",
+                 "downstream", "scale", "tuning"):
         browser.open((book["index"].parent / "book" / f"{page}.html").as_uri())
         for shown, column in browser.evaluate(FIGURE_WIDTH_JS):
             assert shown >= 0.9 * column, f"{page}: a figure {shown:.0f} px wide in a {column:.0f} px column"
             checked += 1
         assert browser.evaluate(WRAPPED_NUMBERS_JS) == [], f"{page}: numbers broken over two lines"
-        for content, box in browser.evaluate(RESULT_TABLE_WIDTHS_JS):  # the result tables fit: nothing hides
-            assert content <= box + 1, f"{page}: a result table {content} px wide in a {box} px box"
+        for first, content, box in browser.evaluate(TABLE_WIDTHS_JS):  # every table fits: nothing hides
+            assert content <= box + 1, f"{page}: the table of {first!r} is {content} px wide in a {box} px box"
             tables += 1
-    assert checked >= 10 and tables >= 5  # intro's two, three chapters' one or two each
+    assert checked >= 10 and tables >= 15
     # the check can fail: the same interval with plain spaces in a column squeezed to one digit's width breaks
     browser.evaluate("""(() => { const td = document.querySelector("main table td");
       td.innerText = "6.125 [6.100, 6.150]"; td.style.maxWidth = "1ch"; td.style.whiteSpace = "normal"; })()""")

@@ -175,6 +175,18 @@ def test_a_variant_is_reported_beside_its_method(synthetic):
     assert ordered.index(syn.VARIANT) == ordered.index("selective_backprop") + 1
 
 
+def test_what_a_method_reports_is_a_row_per_quantity_and_a_column_per_cell(synthetic):
+    _, _, table = synthetic
+    text = report.method_stats_text(table, ["selective_backprop", "sophia"])
+    lines = text.splitlines()
+    assert "| mean over the runs | BERT 5s | BERT 10s | BERT 20s |" in lines
+    assert "| runs | 2 | 2 | 2 |" in lines
+    assert "| keep rate | 0.505 | 0.505 | 0.505 |" in lines  # 0.50 and 0.51: a mean with decimals
+    assert "| hessian updates | 2 | 2 | 2 |" in lines  # a count: no decimals
+    assert "| clip fraction | 0.300 | 0.300 | 0.300 |" in lines
+    assert text.index("**selective backprop**") < text.index("**Sophia**")
+
+
 def test_how_far_the_baseline_ends_below_its_floor():
     runs = pd.DataFrame({"model": ["bert"] * 3 + ["t5"] * 2, "method": "baseline", "status": "complete",
                          "budget_rst_s": [60.0, 60.0, 120.0, 60.0, 60.0], "floor": [6.0, 6.0, 6.0, 5.0, 5.0],

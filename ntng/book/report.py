@@ -283,27 +283,31 @@ def family_overview(table: RunTable, family: str) -> str:
 
 def method_stats_text(table: RunTable, methods) -> str:
     """Generated: per method, the mean over seeds of its numeric method_stats and its share of RST spent outside
-    plain training (scoring, hessian), per model x budget."""
+    plain training (scoring, hessian): a row per quantity, a column per model and budget, so that it fits the page
+    however many quantities a method reports."""
     out = []
     for method in table.methods_present(methods):
         runs = table.runs[table.runs["method"] == method]
         stat_cols = [c for c in runs.columns if c.startswith("stat.") and c != "stat.mean_active_layers"
                      and pd.api.types.is_numeric_dtype(runs[c]) and runs[c].notna().any()
                      and not pd.api.types.is_bool_dtype(runs[c])]
-        rows = []
+        columns = {}
         for (model, budget_s), g in runs.groupby(["model", "budget_rst_s"], sort=True):
             rst = g["rst_s"].where(g["rst_s"] > 0)
-            row = {"model": model, "budget": format_budget(budget_s), "runs": len(g)}
+            column = {"runs": str(len(g))}
             for part in ("scoring", "hessian"):
                 share = (g[f"rst_{part}"] / rst).mean()
                 if math.isfinite(share) and share > 0:
-                    row[f"RST share {part}"] = f"{100 * share:.1f}%"
+                    column[f"share of RST spent on {part}"] = f"{100 * share:.1f}%"
             if g["il_rst_s"].notna().any():
-                row["IL model RST s (apart from the budget)"] = fmt(g["il_rst_s"].mean(), 4)
+                column["IL model's RST s (apart from the budget)"] = fmt(g["il_rst_s"].mean(), 1)
             for col in stat_cols:
-                row[col[5:]] = fmt(g[col].mean(), 3)
-            rows.append(row)
-        frame = pd.DataFrame(rows).fillna("-")
+                values = g[col].dropna()
+                counted = bool(len(values)) and bool((values == values.round()).all())  # counts: no decimals
+                name = " ".join("IL" if word == "il" else word for word in col[5:].split("_"))
+                column[name] = f"{values.mean():,.0f}" if counted else fmt(values.mean(), 3)
+            columns[f"{model.upper()} {format_budget(budget_s)}"] = column
+        frame = pd.DataFrame(columns).fillna("-").rename_axis("mean over the runs").reset_index()
         out.append(f"**{label(method)}** (method_stats from summary.json, mean over the runs of each cell):\n\n"
                    + markdown_table(frame))
     return "\n\n".join(out) if out else "*No runs of these methods yet.*"
@@ -312,7 +316,7 @@ def method_stats_text(table: RunTable, methods) -> str:
 def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
     """Generated: the fine-tuning results table, or plainly that there are none."""
     if scores.empty:
-        return (f"**No fine-tuning results under `{table.root}`** (no `finetune/<task>.json` in any run "
+        return (f"**No fine-tuning results under `{shown_path(table.root)}`** (no `finetune/<task>.json` in any run "
                 f"directory), so this chapter has no results. Fine-tune a run with `ntng finetune --run DIR`.")
     frame = pd.DataFrame({
         "model": scores["model"], "task": scores["task"], "metric": scores["metric"],
@@ -334,8 +338,9 @@ def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
     which = ("" if tuned == trained else
              f"\n\nFine-tuned here: the runs of budget {', '.join(format_budget(b) for b in tuned)} (pre-trained: "
              f"{', '.join(format_budget(b) for b in trained)}); `ntng finetune --run DIR` fine-tunes any other run.")
-    return (markdown_table(frame) + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "")
-            + which)
+    tables = "\n\n".join(f"**{model.upper()}**\n\n" + markdown_table(part.drop(columns="model"))
+                           for model, part in frame.groupby("model", sort=False))  # a table per model: it fits
+    return tables + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "") + which
 
 
 def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) -> str:
