@@ -187,6 +187,19 @@ def test_what_a_method_reports_is_a_row_per_quantity_and_a_column_per_cell(synth
     assert text.index("**selective backprop**") < text.index("**Sophia**")
 
 
+def test_the_downstream_chapter_says_where_fine_tuning_ends_below_its_floor():
+    def cell(model, task, method, mean, floor):
+        return {"model": model, "task": task, "method": method, "budget": "8m", "mean": mean, "floor": floor}
+
+    scores = pd.DataFrame([cell("bert", "spam_ham", "baseline", 0.70, 0.24), cell("bert", "sotu_party", "lion", 0.48, 0.49),
+                           cell("t5", "spam_ham", "baseline", 0.05, 0.84), cell("t5", "sotu_party", "lion", 0.47, 0.59),
+                           cell("t5", "brown_genre", "baseline", 0.03, float("nan"))])
+    text = report.below_floor_text(scores)
+    assert "BERT: 1 of 2 fine-tuned cells end below their floor (Lion on sotu_party at 8m)." in text
+    assert "**T5: every fine-tuned cell ends below its floor** (2 of 2" in text  # a cell without a floor: not counted
+    assert report.below_floor_text(scores[scores["model"] == "bert"].assign(floor=0.1)) == ""
+
+
 def test_how_far_the_baseline_ends_below_its_floor():
     runs = pd.DataFrame({"model": ["bert"] * 3 + ["t5"] * 2, "method": "baseline", "status": "complete",
                          "budget_rst_s": [60.0, 60.0, 120.0, 60.0, 60.0], "floor": [6.0, 6.0, 6.0, 5.0, 5.0],

@@ -340,7 +340,30 @@ def downstream_text(table: RunTable, scores: pd.DataFrame) -> str:
              f"{', '.join(format_budget(b) for b in trained)}); `ntng finetune --run DIR` fine-tunes any other run.")
     tables = "\n\n".join(f"**{model.upper()}**\n\n" + markdown_table(part.drop(columns="model"))
                            for model, part in frame.groupby("model", sort=False))  # a table per model: it fits
-    return tables + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "") + which
+    below = below_floor_text(scores)
+    return (tables + ("\n\nHighest mean per task: " + "; ".join(best) + "." if best else "")
+            + (f"\n\n{below}" if below else "") + which)
+
+
+def below_floor_text(scores: pd.DataFrame) -> str:
+    """Generated: per model, the fine-tuned cells whose mean score ends below the floor (the same fine-tuning from
+    random weights). Where every cell of a model does, its pre-trained weights hurt the tasks, and the chapter
+    cannot rank that model's methods downstream: said plainly."""
+    out = []
+    for model, g in scores.groupby("model", sort=False):
+        known = g[g["floor"].notna() & g["mean"].notna()]
+        below = known[known["mean"] < known["floor"]]
+        if below.empty:
+            continue
+        name = model.upper()
+        if len(below) == len(known):
+            out.append(f"**{name}: every fine-tuned cell ends below its floor** ({len(known)} of {len(known)}: each "
+                       f"method, task and budget). Fine-tuned from these pre-trained weights, {name} does worse than "
+                       f"from random ones, so this chapter cannot rank {name}'s methods downstream.")
+        else:
+            cells = "; ".join(f"{label(r.method)} on {r.task} at {r.budget}" for r in below.itertuples())
+            out.append(f"{name}: {len(below)} of {len(known)} fine-tuned cells end below their floor ({cells}).")
+    return "\n\n".join(out)
 
 
 def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) -> str:
