@@ -90,3 +90,64 @@ def test_a_record_is_not_written_into_a_folder_that_is_gone(tmp_path):
     assert not (tmp_path / "run").exists()
     write_text_atomic(tmp_path / "data" / "manifest.json", "{}\n", make_parent=True)  # the data folder is made
     assert (tmp_path / "data" / "manifest.json").read_text() == "{}\n"
+
+
+# --- metrics.csv at the writer's precision ---------------------------------------------------------------------
+
+HEADER = "step,rst_s,wall_s,tokens,train_loss,lr,active_layers,val_loss,val_floor\n"
+
+
+def test_metric_rows_carry_seven_significant_digits(tmp_path):
+    from ntng.training.records import RunDir
+
+    run = RunDir(tmp_path)
+    run.start_metrics()
+    run.append_metrics({"step": 1, "rst_s": 0.08927956000000001, "wall_s": 0.2132014499984507, "tokens": 2048,
+                        "train_loss": 8.99004077911377, "lr": 2.9759851e-06, "active_layers": 4.0})
+    run.append_metrics({"step": 2, "rst_s": 480.00012, "wall_s": 3012.345678, "tokens": 4096,
+                        "train_loss": float("nan"), "lr": 0.0, "active_layers": 3.5, "val_loss": 6.2176012345,
+                        "val_floor": 6.865694223676591})
+    assert (tmp_path / "metrics.csv").read_text() == HEADER + (
+        "1,0.08927956,0.2132014,2048,8.990041,2.975985e-06,4,,\n"
+        "2,480.0001,3012.346,4096,nan,0,3.5,6.217601,6.865694\n")
+
+
+def test_old_full_precision_metrics_are_compacted_to_what_the_writer_writes_and_damaged_ones_are_left(tmp_path):
+    from ntng.training.records import Unreadable, compact_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text(HEADER + "0,0.0,0.0,0,,,,8.996898821815886,6.865694223676591\n"
+                    "1,0.08927956000000001,0.2132014499984507,2048,8.99004077911377,0.0,4.0,,\n")
+    assert compact_metrics(path) is True
+    assert path.read_text() == HEADER + "0,0,0,0,,,,8.996899,6.865694\n1,0.08927956,0.2132014,2048,8.990041,0,4,,\n"
+    assert compact_metrics(path) is False  # already compact: not rewritten
+    damaged = HEADER + "0,0.0,0.0,0,,,,8.996898821815886,6.865694223676591\n1,0.0892795600"
+    path.write_text(damaged)
+    with pytest.raises(Unreadable, match="truncated"):
+        compact_metrics(path)
+    assert path.read_text() == damaged and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_the_committed_records_hold_one_metrics_format():
+    """Every committed metrics.csv is at the writer's precision (tools/compact_metrics.py brings older ones there):
+    no number with more than seven significant digits. Runs still going in this checkout are not committed: skipped."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "results/*metrics.csv"], cwd=repo, capture_output=True, text=True)
+    files = [repo / name for name in listed.stdout.split()] if listed.returncode == 0 else []
+    if not files:
+        pytest.skip("no committed records in this checkout")
+    offenders = []
+    for path in files:
+        for line in path.read_text().splitlines()[1:]:
+            long = [c for c in line.split(",") if "." in c and len(_significant_digits(c)) > 7]
+            if long:
+                offenders.append(f"{path.relative_to(repo)}: {long[0]}")
+                break
+    assert not offenders, f"{len(offenders)} files, e.g. {offenders[:3]}"
+
+
+def _significant_digits(cell: str) -> str:
+    return cell.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
