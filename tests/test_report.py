@@ -212,3 +212,29 @@ def test_how_far_the_baseline_ends_below_its_floor():
     text = report.floor_text(statistics.baseline_below_floor(runs))
     assert "bert 1m 0.500 [-0.771, 1.771]; 2m 0.800" in text
     assert "At t5 at 1m the baseline ends at or above the floor" in text and "bert at" not in text
+
+
+def test_optimizer_steps_charged_by_estimate_are_listed_with_their_measured_times(tmp_path):
+    root = tmp_path / "results"
+    for seed in (1, 2):
+        run = syn.write_run(root, "bert", "lion", "5s", seed)
+        summary = json.loads((run / "summary.json").read_text())
+        # as ntng.training.pricing records it: the table's AdamW step (0.002 s) x the measured ratio
+        summary["rst_estimates"] = {"lion": {"seconds": 0.003, "ratio": 1.5, "estimate": True, "of": "adamw",
+                                             "table": "smoke-bert-AMD_EPYC", "measured_on": "2026-12-03",
+                                             "measured": {"ratio": 1.5, "adamw_s": 0.0012, "candidate_s": 0.0018}}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    syn.write_run(root, "bert", "baseline", "5s", 1)
+    runs = run_table.load_runs(root, syn.PRESET).runs
+    frame = report.estimated_step_prices(runs)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert (row["model"], row["optimizer step"], row["runs"]) == ("bert", "`lion`", 2)
+    assert (row["AdamW step (RST s)"], row["charged (RST s)"], row["x AdamW"]) == ("0.002", "0.003", "1.50")
+    assert (row["measured AdamW (wall ms)"], row["measured step (wall ms)"]) == ("1.2", "1.8")
+    assert row["measured on"] == "2026-12-03"
+    assert "rst_estimates" in report.estimated_steps_text(runs)
+    plain = run_table.load_runs(tmp_path / "none", syn.PRESET).runs
+    assert report.estimated_steps_text(plain).startswith("*Every optimizer step")
+    baseline_only = runs[runs["method"] == "baseline"].dropna(axis=1, how="all")
+    assert report.estimated_step_prices(baseline_only).empty

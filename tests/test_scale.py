@@ -307,12 +307,14 @@ def test_a_presets_method_options_are_the_methods_defaults_under_a_runs_settings
         load_custom_presets(path)
 
 
-def test_the_reference_presets_defaults_are_what_its_committed_tuning_chose():
+@pytest.mark.parametrize("preset", ["cpu", "cpu_batch64"])
+def test_the_reference_presets_defaults_are_what_its_committed_tuning_chose(preset):
+    """The reference preset and its batch-size control: once a tuning is committed, the preset holds its choices."""
     results = Path(__file__).resolve().parent.parent / "results" / "tuning"
-    rows = [r for r in tuning.tuning_rows(results, "cpu") if r["complete"] and r["chosen"] is not None]
-    cpu = get_preset("cpu")
+    rows = [r for r in tuning.tuning_rows(results, preset) if r["complete"] and r["chosen"] is not None]
+    spec = get_preset(preset)
     for r in rows:  # every axis whose trials are all in: the preset's current value is the one chosen
-        current = build_method(r["method"], r["model"], cpu).tuning()[r["key"]][0]
+        current = build_method(r["method"], r["model"], spec).tuning()[r["key"]][0]
         assert current == pytest.approx(r["chosen"]), (r["model"], r["method"], r["key"])
 
 

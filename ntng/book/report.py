@@ -15,6 +15,7 @@ from ntng.book.run_table import (
     RunTable,
     family_methods,
     family_name,
+    finite,
     label,
     method_meta,
     method_order,
@@ -396,6 +397,49 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
     if problems:
         text += "\n\nTables that could not be read: " + "; ".join(problems) + "."
     return text
+
+
+def estimated_step_prices(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per RST table and optimizer step that the records charge by estimate (`ntng.training.pricing`): the
+    table's AdamW step, the price charged, their ratio, the wall seconds of both steps as measured (interleaved, on
+    the machine of the first run charged by that table), when, and how many runs paid it."""
+    columns = [c for c in runs.columns if c.startswith("estimate.") and c.endswith(".seconds")]
+    rows = []
+    for column in columns:
+        key = column[len("estimate."):-len(".seconds")]
+        prefix = f"estimate.{key}."
+        charged = runs[runs[column].notna()]
+        for (model, table_name), g in charged.groupby(["model", "rst_table"]):
+            first = g.iloc[0]
+            price, ratio = float(first[column]), float(first.get(prefix + "ratio", math.nan))
+            rows.append({
+                "model": model, "optimizer step": f"`{key}`", "RST table": f"`{table_name}`",
+                "methods": ", ".join(label(m) for m in sorted(set(g["method"]), key=method_order)),
+                "AdamW step (RST s)": f"{price / ratio:.3g}" if ratio > 0 else "-",
+                "charged (RST s)": f"{price:.3g}", "x AdamW": f"{ratio:.2f}",
+                "measured AdamW (wall ms)": _ms(first.get(prefix + "measured.adamw_s")),
+                "measured step (wall ms)": _ms(first.get(prefix + "measured.candidate_s")),
+                "measured on": str(first.get(prefix + "measured_on") or "-"), "runs": len(g)})
+    return pd.DataFrame(rows)
+
+
+def _ms(seconds) -> str:
+    value = finite(seconds)
+    return "-" if math.isnan(value) else f"{value * 1e3:.3g}"
+
+
+def estimated_steps_text(runs: pd.DataFrame) -> str:
+    """Generated: the optimizer steps charged by a measured estimate rather than a table entry, and how."""
+    frame = estimated_step_prices(runs)
+    if frame.empty:
+        return "*Every optimizer step in these records is priced by its RST table.*"
+    return (markdown_table(frame) + "\n\nAn RST table prices the optimizers it was calibrated with. A step it does "
+            "not list (an optimizer that joined through the method registry later) is charged the table's AdamW "
+            "step times the ratio of the two steps' median wall times, measured once on the preset's model in "
+            "interleaved rounds on the machine of the first run charged by that table, then cached: every later "
+            "run charged by the table pays the same price, and each run's `summary.json` records it under "
+            "`rst_estimates`. The ratio, not the machine's speed, carries over: the measured wall times are this "
+            "machine's, the charge is in the table's seconds.")
 
 
 def reproduce_text(table: RunTable) -> str:

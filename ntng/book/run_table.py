@@ -102,7 +102,8 @@ def _flatten(prefix: str, obj, out: dict) -> None:
         out[prefix] = obj
 
 
-def _finite(value) -> float:
+def finite(value) -> float:
+    """A record's number as a float; NaN for a missing, non-numeric or non-finite value."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -130,29 +131,33 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
            "base_method": config["method"], "budget": format_budget(budget_s),
            "budget_rst_s": budget_s, "seed": int(config["seed"]), "status": status,
            "family": (config.get("method_meta") or {}).get("family") or None,
-           "rst_s": _finite(summary.get("rst_s")),
-           "wall_s": _finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
-           "final_val_loss": _finite(summary.get("final_val_loss")) if status == "complete" else math.nan,
+           "rst_s": finite(summary.get("rst_s")),
+           "wall_s": finite(summary.get("wall_s")), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
+           "final_val_loss": finite(summary.get("final_val_loss")) if status == "complete" else math.nan,
            "error": summary.get("error") or "", "rst_table": (config.get("rst_table") or {}).get("name", ""),
            # the floor on exactly the targets evaluated (ntng.training.evaluation); records made before it had one: the
            # packing's floor over the whole split
-           "floor": _finite((config.get("evaluation") or {}).get("floor", (config.get("data") or {}).get("floor"))),
+           "floor": finite((config.get("evaluation") or {}).get("floor", (config.get("data") or {}).get("floor"))),
            "free_scoring": bool(config.get("free_scoring")), "free_hessian": bool(config.get("free_hessian")),
            "method_card": config.get("method_card") or "", "method_meta": config.get("method_meta") or {},
            "run_dir": str(run_dir),
            "has_notebook": (run_dir / "notebook.ipynb").is_file(),
            "data_split": summary.get("data_split") or config.get("data_split") or "full"}
     il_model = summary.get("il_model")  # RHO-LOSS: its IL model's own cost, reported apart from the budget
-    row["il_rst_s"] = (_finite(il_model.get("rst_s")) + _finite(il_model.get("scoring_rst_s", 0.0))
+    row["il_rst_s"] = (finite(il_model.get("rst_s")) + finite(il_model.get("scoring_rst_s", 0.0))
                        if isinstance(il_model, dict) else math.nan)
     breakdown = summary.get("rst_breakdown") or {}
     for part in RST_PARTS:
-        row[f"rst_{part}"] = _finite(breakdown.get(part, 0.0))
+        row[f"rst_{part}"] = finite(breakdown.get(part, 0.0))
     stats: dict = {}
     _flatten("", summary.get("method_stats") or {}, stats)
     row.update({f"stat.{k}": v for k, v in stats.items()})
-    curve = [{**{k: row[k] for k in KEYS}, "status": status, "rst_s": _finite(e["rst_s"]),
-              "val_loss": _finite(e["val_loss"])} for e in evals]
+    # optimizer steps the run's table does not price, charged at a price measured here (ntng.training.pricing)
+    estimates: dict = {}
+    _flatten("", summary.get("rst_estimates") or {}, estimates)
+    row.update({f"estimate.{k}": v for k, v in estimates.items()})
+    curve = [{**{k: row[k] for k in KEYS}, "status": status, "rst_s": finite(e["rst_s"]),
+              "val_loss": finite(e["val_loss"])} for e in evals]
     return row, curve, metrics
 
 
@@ -167,9 +172,9 @@ def _read_finetune(run_dir: Path, keys: dict) -> tuple[list[dict], list[tuple[st
             obj = _read_json(path)
             floor = obj.get("floor") or {}
             rows.append({**keys, "task": obj["task"], "suite": obj.get("suite", ""), "metric": obj["metric"],
-                         "best_dev_score": _finite(obj["best_dev_score"]), "best_epoch": obj.get("best_epoch"),
-                         "floor_score": _finite(floor.get("best_dev_score")) if isinstance(floor, dict) else math.nan,
-                         "epochs": len(obj.get("epochs") or []), "wall_s": _finite(obj.get("wall_s"))})
+                         "best_dev_score": finite(obj["best_dev_score"]), "best_epoch": obj.get("best_epoch"),
+                         "floor_score": finite(floor.get("best_dev_score")) if isinstance(floor, dict) else math.nan,
+                         "epochs": len(obj.get("epochs") or []), "wall_s": finite(obj.get("wall_s"))})
         except Unreadable as exc:
             bad.append((str(run_dir), name, exc.reason))
         except (KeyError, TypeError) as exc:
