@@ -202,7 +202,10 @@ def test_the_loop_evaluates_and_saves_the_averaged_weights(built_fixture, tmp_pa
     previous = 0.0
     for row in rows:
         fraction = previous / summary["budget_rst_s"]
-        assert float(row["lr"]) == pytest.approx(peak * min(fraction / 0.02, 1.0), rel=1e-9)
+        # metrics.csv holds 7 significant digits: the lr, and the rst_s it is recomputed from (near the end
+        # of a decay, a rounded fraction moves the lr by up to its slope x 5e-7 of the peak)
+        assert float(row["lr"]) == pytest.approx(peak * min(fraction / 0.02, 1.0), rel=1e-6,
+                                                 abs=4e-6 * peak)
         previous = float(row["rst_s"])
     assert float(rows[-1]["lr"]) == peak
     # the final checkpoint holds x: its loss is the one recorded, and the weights the gradients were taken at (y)

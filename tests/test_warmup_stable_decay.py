@@ -46,7 +46,10 @@ def test_the_loop_follows_the_methods_schedule(built_fixture, tmp_path):
     previous = 0.0
     for row in rows:  # each step's lr is set from the RST used before it
         fraction = previous / summary["budget_rst_s"]
-        assert float(row["lr"]) == pytest.approx(peak * wsd_multiplier(fraction, 0.1, 0.2, False), rel=1e-9)
+        # metrics.csv holds 7 significant digits: the lr, and the rst_s it is recomputed from (near the end
+        # of a decay, a rounded fraction moves the lr by up to its slope x 5e-7 of the peak)
+        assert float(row["lr"]) == pytest.approx(peak * wsd_multiplier(fraction, 0.1, 0.2, False), rel=1e-6,
+                                                 abs=4e-6 * peak)
         previous = float(row["rst_s"])
     assert any(float(r["lr"]) == pytest.approx(peak) for r in rows)  # the stable phase holds the peak
 
