@@ -73,8 +73,12 @@ def test_the_cost_chapter_checks_each_target_and_explains_a_missing_benchmark(tm
     # the reproduce page's commands name the committed records as a reader's checkout has them
     from ntng.book import report, run_table
 
-    commands = report.reproduce_text(run_table.load_runs(CHECKOUT / "results", "cpu"))
+    records = run_table.load_runs(CHECKOUT / "results", "cpu")
+    commands = report.reproduce_text(records)
     assert str(CHECKOUT) not in commands
+    # and the RST page's pointer to this machine's tables (none here: the records hold no calibration)
+    tables_text = report.rst_tables_text(*report.rst_tables("cpu", records.results), records)
+    assert "`results/cpu/calibration`" in tables_text and str(CHECKOUT) not in tables_text
     assert "--preset cpu --results results " in commands and "--out results/cpu/" in commands
     missing, why = cost.read_bench(tmp_path / "bench.json")
     assert missing is None and "run `make bench`" in why

@@ -362,7 +362,7 @@ def rst_tables(tables: pd.DataFrame) -> Figure | None:
     if data.empty:
         return None
     models = sorted(set(data["model"]))
-    fig, axes = _grid(1, len(models), height=3.6)
+    fig, axes = _grid(1, len(models), height=4.8)  # room for the legend under each panel
     for j, model in enumerate(models):
         ax = axes[0][j]
         part = data[data["model"] == model]
@@ -370,6 +370,7 @@ def rst_tables(tables: pd.DataFrame) -> Figure | None:
                      style_order=["shipped", "this machine"])
         ax.set_yscale("log")
         ax.set(title=model, xlabel="active layers", ylabel="s per micro-batch (fwd+bwd)")
-        ax.legend(fontsize="small")
+        # below its own panel (the tables differ per model): inside, it covered the curves
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     fig.tight_layout()
     return fig

@@ -380,7 +380,7 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
     mine = train[train["source"] == "this machine"]
     if mine.empty:
         text += (f"\n\nNo table was measured on this machine for preset `{table.preset}` (none in "
-                 f"`{calibration_dir(table.results, table.preset)}`): `ntng book` measures one before the build; "
+                 f"`{shown_path(calibration_dir(table.results, table.preset))}`): `ntng book` measures one before the build; "
                  f"`ntng calibrate --preset {table.preset} --model bert --out FILE` measures one by hand.")
     else:
         lines = []
