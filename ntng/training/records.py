@@ -49,7 +49,7 @@ def read_json(path: Path) -> dict:
 
 
 # The losses are float32 arithmetic and the clocks count seconds: 7 significant digits keep every value the book
-# shows or plots, and a row takes half the bytes of Python's full float repr (a seed of the grid: ~20 MB -> ~9 MB)
+# shows or plots, in ~60% of the bytes of Python's full float repr (the committed records: 37.8 MB -> 22.0 MB)
 METRIC_DIGITS = 7
 
 
