@@ -186,3 +186,79 @@ def test_an_unpriced_optimizer_is_charged_an_estimate_measured_once(built_fixtur
     base = pretrain(model="bert", method="lion", budget="1s", preset="tiny", data_dir=data_dir,
                     out_dir=tmp_path / "lion", log=lambda m: None)
     assert "rst_estimates" not in base
+
+
+def test_a_shipped_ratio_is_charged_everywhere_and_nothing_is_measured(tmp_path, monkeypatch):
+    """A ratio the package ships for a table prices the step on every host (no measurement, no cache); a shipped
+    file that cannot be read is refused in one line rather than skipped for a price measured here."""
+    from types import SimpleNamespace
+
+    from ntng.training import pricing
+    from ntng.training.rst import shipped_table
+
+    table = shipped_table("smoke", "bert")
+    shipped = tmp_path / "shipped" / f"{table.name}.json"
+    shipped.parent.mkdir()
+    shipped.write_text(json.dumps({"format": 1, "table": table.name, "optimizers": {
+        "plain_sgd": {"ratio": 2.5, "of": "adamw", "measured_on": "2026-01-01", "machine": "elsewhere"}}}))
+    monkeypatch.setattr(pricing, "shipped_path", lambda name: tmp_path / "shipped" / f"{name}.json")
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured although a ratio is shipped")
+
+    monkeypatch.setattr(pricing, "measure_step_ratio", no_measuring)
+    method = SimpleNamespace(rst_optimizer="plain_sgd")
+    price = pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
+    assert price["seconds"] == pytest.approx(table.optimizer_seconds("adamw") * 2.5)
+    assert price["estimate"] is True and price["shipped"] is True and price["machine"] == "elsewhere"
+    assert not pricing.cache_path(tmp_path / "data", table.name).exists()
+    shipped.write_text('{"optimizers": {"plain_sgd": {"ratio": 0}}}')
+    with pytest.raises(UsageError, match="no positive ratio"):
+        pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
+    shipped.write_text("{not json")
+    with pytest.raises(UsageError, match="cannot be read"):
+        pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
+
+
+def test_the_shipped_ratios_price_only_steps_their_table_does_not_and_say_where_they_were_measured():
+    from importlib import resources
+
+    from ntng.training.rst import shipped_table
+
+    tables = {}
+    for path in (Path(str(resources.files("ntng"))) / "tables").glob("*.json"):
+        preset, model = path.stem.rsplit("-", 1)
+        table = shipped_table(preset, model)
+        tables[table.name] = table
+    shipped = sorted((Path(str(resources.files("ntng"))) / "tables" / "estimates").glob("*.json"))
+    assert shipped, "the package ships no estimates"
+    for path in shipped:
+        doc = json.loads(path.read_text())
+        assert path.stem == doc["table"] and doc["table"] in tables, path.name
+        for key, entry in doc["optimizers"].items():
+            assert key not in tables[doc["table"]].optimizer  # a table's own price always wins
+            assert entry["ratio"] > 0 and entry["of"] == "adamw" and entry["machine"] and entry["measured_on"]
+            # the ratio is the quotient of the two wall times it was measured from (at the 3 digits kept)
+            assert entry["ratio"] == pytest.approx(entry["measured"]["candidate_s"] / entry["measured"]["adamw_s"],
+                                                   rel=0.01)
+
+
+def test_the_pricing_tool_measures_a_step_and_writes_what_the_runs_then_charge(built_fixture, tmp_path, monkeypatch):
+    from ntng.training import pricing
+    from ntng.training.rst import shipped_table
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.syspath_prepend(str(TESTS.parent / "tools"))
+    import price_optimizers
+
+    out = tmp_path / "estimates"
+    prices = price_optimizers.price("tiny", ["bert"], ["plugin_methods:PlainSGD", "lion"], log=lambda m: None)
+    table = shipped_table("smoke", "bert")
+    assert list(prices) == [table.name] and list(prices[table.name]) == ["plain_sgd"]  # lion: the table prices it
+    (path,) = price_optimizers.write(prices, out)
+    monkeypatch.setattr(pricing, "shipped_path", lambda name: out / f"{name}.json")
+    run = pretrain(model="bert", method="plugin_methods:PlainSGD", budget="1s", preset="tiny",
+                   data_dir=built_fixture[0], out_dir=tmp_path / "run", log=lambda m: None)
+    charged = run["rst_estimates"]["plain_sgd"]
+    assert charged["shipped"] is True and charged["ratio"] == prices[table.name]["plain_sgd"]["ratio"]
+    assert run["rst_breakdown"]["optimizer"] == pytest.approx(run["steps"] * charged["seconds"])

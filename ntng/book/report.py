@@ -435,11 +435,12 @@ def estimated_steps_text(runs: pd.DataFrame) -> str:
         return "*Every optimizer step in these records is priced by its RST table.*"
     return (markdown_table(frame) + "\n\nAn RST table prices the optimizers it was calibrated with. A step it does "
             "not list (an optimizer that joined through the method registry later) is charged the table's AdamW "
-            "step times the ratio of the two steps' median wall times, measured once on the preset's model in "
-            "interleaved rounds on the machine of the first run charged by that table, then cached: every later "
-            "run charged by the table pays the same price, and each run's `summary.json` records it under "
-            "`rst_estimates`. The ratio, not the machine's speed, carries over: the measured wall times are this "
-            "machine's, the charge is in the table's seconds.")
+            "step times the ratio of the two steps' median wall times, measured on the preset's model in "
+            "interleaved rounds: the ratio the package ships with the table where it ships one (measured once on "
+            "a quiet host like the table's, so runs made on different hosts pay one price), else measured on the "
+            "machine of the first run charged by that table and cached. Each run's `summary.json` records the "
+            "price under `rst_estimates`. The ratio, not the machine's speed, carries over: the wall times are "
+            "those of the machine that measured it, the charge is in the table's seconds.")
 
 
 def reproduce_text(table: RunTable) -> str:

@@ -152,7 +152,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], pd.DataFrame]:
     stats: dict = {}
     _flatten("", summary.get("method_stats") or {}, stats)
     row.update({f"stat.{k}": v for k, v in stats.items()})
-    # optimizer steps the run's table does not price, charged at a price measured here (ntng.training.pricing)
+    # optimizer steps the run's table does not price, charged at an estimated price (ntng.training.pricing)
     estimates: dict = {}
     _flatten("", summary.get("rst_estimates") or {}, estimates)
     row.update({f"estimate.{k}": v for k, v in estimates.items()})

@@ -8,7 +8,9 @@ Newton-Schulz steps with coefficients (3.4445, -4.7750, 2.0315), its learning ra
 else, which Muon is not meant for (and `torch.optim.Muon` refuses unless it is 2-D), stays with the baseline's own
 optimizer and peak: the (tied) embedding and output matrix, T5's `lm_head` and relative position tables, the
 norms. Both follow the baseline's schedule. The Muon step is priced like any optimizer step the RST table does not
-list: the table's AdamW step times the ratio of the two measured on this machine (`ntng.training.pricing`).
+list: the table's AdamW step times the measured ratio of the two (`ntng.training.pricing`). The reference tables ship
+that ratio, measured on a host that runs bf16 natively: torch.optim.Muon orthogonalises in bf16, which an AVX2-only
+CPU emulates (5-9x the ratio, measured 2026-12-03), so a ratio measured wherever a run starts would price Muon by the host.
 
 Not a method the paper studied (`studied_on` is empty): it joins a grid when named (`--methods muon`).
 """
@@ -94,7 +96,7 @@ class Muon(Method):
         "scaled by 0.2 sqrt(max(A, B)) so that learning rate and weight decay are on AdamW's scale; everything "
         "else (embeddings, output head, T5's position tables, norms) keeps the baseline's optimizer and peak. "
         "Defaults: Muon's peak and weight decay are the baseline's. The baseline's schedule, clipping and batch; "
-        "the step priced at the table's AdamW step times the ratio measured here. Claims: the modded-nanogpt "
+        "the step priced at the table's AdamW step times a measured ratio the package ships. Claims: the modded-nanogpt "
         "speed-run record (about 1.35x fewer tokens than AdamW), Moonlight's ~2x computational efficiency. Survey "
         "category: component *optimization* x action *replace*."
     )

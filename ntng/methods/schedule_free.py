@@ -181,7 +181,7 @@ class ScheduleFreeAdamW(Method):
         "authors' AlgoPerf setting) and then stays at its peak to the end: no decay. Defaults: beta1 0.9, the "
         "baseline's beta2, eps, weight decay, clipping and batch; BERT at the baseline's peak; T5 (whose baseline "
         "scales Adam's step by the parameter RMS, at a peak plain Adam cannot take) at BERT's AdamW peak for the "
-        "preset. The step priced at the table's AdamW step times the ratio measured here. Claims: no schedule and "
+        "preset. The step priced at the table's AdamW step times a measured ratio the package ships. Claims: no schedule and "
         "no stopping time to fix in advance, matching or beating tuned cosine and linear-decay schedules; the "
         "winning entry of the AlgoPerf 2024 self-tuning track (Kasimbeg et al. 2025). Survey category: component "
         "*optimization* x action *replace*."

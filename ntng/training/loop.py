@@ -74,7 +74,7 @@ class Trainer:
         clock = RSTClock(spec.table, spec.budget_rst_s, free=spec.free_work)
         self.run = Run(model=model, optimizer=None, clock=clock, batches=batches, preset=preset,
                        model_name=model_name, amp_dtype=self.amp_dtype, seed=spec.seed)
-        # an optimizer step the table does not price (a plug-in's own optimizer): an estimate, measured once
+        # an optimizer step the table does not price (a plug-in's own optimizer): an estimate, shipped or measured once
         self.rst_estimates: dict = {}
         key = self.method.rst_optimizer
         if key not in spec.table.optimizer:

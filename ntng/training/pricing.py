@@ -1,18 +1,23 @@
 """A price for an optimizer step the RST table does not list (a plug-in method's own optimizer).
 
 The step is priced at the table's AdamW step times the ratio of the two steps' times measured on this machine
-(interleaved rounds, `ntng.training.calibration.time_rounds`), on the preset's model. The estimate is measured once and cached
-under the data directory, keyed by the table and the optimizer's RST key, so every run charged by that table pays
-the same price for that optimizer; summary.json records it under `rst_estimates`, marked as an estimate. A table
-that prices the optimizer (`ntng calibrate` prices every registered one) is always used as it is.
+(interleaved rounds, `ntng.training.calibration.time_rounds`), on the preset's model. Where the package ships a
+measured ratio for the table (`ntng/tables/estimates/<table name>.json`, written by `tools/price_optimizers.py`), that
+ratio is charged on every machine: runs made in different sessions, on different hosts, pay one price. Otherwise
+the ratio is measured once here and cached under the data directory, keyed by the table and the optimizer's RST
+key, so every later run charged by that table pays the same. summary.json records the price under `rst_estimates`,
+marked as an estimate. A table that prices the optimizer (`ntng calibrate` prices every registered one) is always
+used as it is.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from importlib import resources
 from pathlib import Path
 
+from ntng.errors import UsageError
 from ntng.files import write_text_atomic
 
 ESTIMATE_REPEATS, ESTIMATE_WARMUP = 7, 2
@@ -20,6 +25,32 @@ ESTIMATE_REPEATS, ESTIMATE_WARMUP = 7, 2
 
 def cache_path(data_dir: Path, table_name: str) -> Path:
     return Path(data_dir) / "rst-estimates" / f"{table_name}.json"
+
+
+def shipped_path(table_name: str) -> Path:
+    return Path(str(resources.files("ntng") / "tables" / "estimates" / f"{table_name}.json"))
+
+
+def _valid(entry) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0
+
+
+def shipped_estimate(table_name: str, key: str, path: Path | None = None) -> dict | None:
+    """The ratio the package ships for the optimizer `key` under this table ({"optimizers": {key: entry}}), or None
+    where it ships none. A shipped file that cannot be read is refused, not skipped: skipping it would re-measure
+    here and charge some runs another price."""
+    path = path or shipped_path(table_name)
+    try:
+        shipped = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"shipped RST estimates {path} cannot be read ({exc}): restore it from the package") from None
+    optimizers = shipped.get("optimizers") if isinstance(shipped, dict) else None
+    entry = optimizers.get(key) if isinstance(optimizers, dict) else None
+    if entry is not None and not _valid(entry):
+        raise UsageError(f"shipped RST estimates {path}: the entry for {key!r} has no positive ratio")
+    return entry
 
 
 def measure_step_ratio(method, model_name: str, preset, log=print) -> dict:
@@ -44,11 +75,15 @@ def measure_step_ratio(method, model_name: str, preset, log=print) -> dict:
 
 def estimated_price(table, key: str, method, model_name: str, preset, data_dir: Path, log=print) -> dict:
     """{seconds, ratio, estimate: True, ...} for the optimizer `key` under `table`: the table's AdamW step times the
-    ratio cached for this table and key, measured now if there is none. The cache holds the ratio only (a table
-    recalibrated under the same name prices the step from its own AdamW step); a lock keeps parallel runs from
-    measuring twice."""
+    ratio the package ships for this table and key, else the one cached here, measured now if there is none. Both
+    hold the ratio only (a table recalibrated under the same name prices the step from its own AdamW step); a lock
+    keeps parallel runs from measuring twice."""
     import fcntl
 
+    shipped = shipped_estimate(table.name, key)
+    if shipped is not None:
+        return {"seconds": table.optimizer_seconds("adamw") * shipped["ratio"], "estimate": True,
+                "table": table.name, "shipped": True, **shipped}
     path = cache_path(data_dir, table.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
@@ -61,7 +96,7 @@ def estimated_price(table, key: str, method, model_name: str, preset, data_dir: 
             if not isinstance(cached, dict):
                 cached = {}
             entry = cached.get(key)
-            if not (isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0):
+            if not _valid(entry):
                 measured = measure_step_ratio(method, model_name, preset, log)
                 entry = {"ratio": measured["ratio"], "of": "adamw", "measured_on": time.strftime("%Y-%m-%d"),
                          "measured": measured}
