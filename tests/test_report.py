@@ -232,8 +232,14 @@ def test_optimizer_steps_charged_by_estimate_are_listed_with_their_measured_time
     assert (row["model"], row["optimizer step"], row["runs"]) == ("bert", "`lion`", 2)
     assert (row["AdamW step (RST s)"], row["charged (RST s)"], row["x AdamW"]) == ("0.002", "0.003", "1.50")
     assert (row["measured AdamW (wall ms)"], row["measured step (wall ms)"]) == ("1.2", "1.8")
-    assert row["measured on"] == "2026-12-03"
+    assert (row["measured on"], row["ratio from"]) == ("2026-12-03", "measured by the first run")
     assert "rst_estimates" in report.estimated_steps_text(runs)
+    for run in root.glob(f"{syn.PRESET}/bert/lion/5s/seed*"):  # as a ratio the package ships is recorded
+        summary = json.loads((run / "summary.json").read_text())
+        summary["rst_estimates"]["lion"]["shipped"] = True
+        (run / "summary.json").write_text(json.dumps(summary))
+    shipped = report.estimated_step_prices(run_table.load_runs(root, syn.PRESET).runs).iloc[0]
+    assert (shipped["ratio from"], shipped["x AdamW"]) == ("shipped with the table", "1.50")
     plain = run_table.load_runs(tmp_path / "none", syn.PRESET).runs
     assert report.estimated_steps_text(plain).startswith("*Every optimizer step")
     baseline_only = runs[runs["method"] == "baseline"].dropna(axis=1, how="all")

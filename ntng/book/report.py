@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ntng.book.numbers import fmt, fmt_ci
@@ -401,8 +402,9 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
 
 def estimated_step_prices(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per RST table and optimizer step that the records charge by estimate (`ntng.training.pricing`): the
-    table's AdamW step, the price charged, their ratio, the wall seconds of both steps as measured (interleaved, on
-    the machine of the first run charged by that table), when, and how many runs paid it."""
+    table's AdamW step, the price charged, their ratio, the wall seconds of both steps as measured (interleaved),
+    when, where the ratio came from (shipped with the table, or measured by the first run charged by it) and how many
+    runs paid it."""
     columns = [c for c in runs.columns if c.startswith("estimate.") and c.endswith(".seconds")]
     rows = []
     for column in columns:
@@ -419,8 +421,15 @@ def estimated_step_prices(runs: pd.DataFrame) -> pd.DataFrame:
                 "charged (RST s)": f"{price:.3g}", "x AdamW": f"{ratio:.2f}",
                 "measured AdamW (wall ms)": _ms(first.get(prefix + "measured.adamw_s")),
                 "measured step (wall ms)": _ms(first.get(prefix + "measured.candidate_s")),
-                "measured on": str(first.get(prefix + "measured_on") or "-"), "runs": len(g)})
+                "measured on": str(first.get(prefix + "measured_on") or "-"),
+                "ratio from": "shipped with the table" if _true(first.get(prefix + "shipped"))
+                else "measured by the first run", "runs": len(g)})
     return pd.DataFrame(rows)
+
+
+def _true(value) -> bool:
+    """A recorded flag is set: True as the JSON gave it (pandas may hold it as numpy's bool), not a missing NaN."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def _ms(seconds) -> str:
