@@ -104,7 +104,8 @@ def test_a_muon_run_trains_and_its_step_is_priced(built_fixture, tmp_path, monke
     from ntng.training.rst import shipped_table
 
     table = shipped_table("smoke", "bert")
-    (tmp_path / f"{table.name}.json").write_text(json.dumps({"optimizers": {"muon": {"ratio": 4.0, "of": "adamw"}}}))
+    (tmp_path / f"{table.name}.json").write_text(json.dumps({"table": table.name, "optimizers": {
+        "muon": {"ratio": 4.0, "of": "adamw"}}}))
     monkeypatch.setattr(pricing, "shipped_path", lambda name: tmp_path / f"{name}.json")
     data_dir, _ = built_fixture
     summary = pretrain(model="bert", method="muon", budget="3s", preset="tiny", out_dir=tmp_path / "run",

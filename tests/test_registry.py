@@ -207,17 +207,31 @@ def test_a_shipped_ratio_is_charged_everywhere_and_nothing_is_measured(tmp_path,
         raise AssertionError("measured although a ratio is shipped")
 
     monkeypatch.setattr(pricing, "measure_step_ratio", no_measuring)
+    cache = pricing.cache_path(tmp_path / "data", table.name)  # this host's own measurement, 7x: not charged
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"plain_sgd": {"ratio": 7.0, "of": "adamw"}}))
     method = SimpleNamespace(rst_optimizer="plain_sgd")
     price = pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
     assert price["seconds"] == pytest.approx(table.optimizer_seconds("adamw") * 2.5)
     assert price["estimate"] is True and price["shipped"] is True and price["machine"] == "elsewhere"
-    assert not pricing.cache_path(tmp_path / "data", table.name).exists()
-    shipped.write_text('{"optimizers": {"plain_sgd": {"ratio": 0}}}')
-    with pytest.raises(UsageError, match="no positive ratio"):
-        pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
-    shipped.write_text("{not json")
-    with pytest.raises(UsageError, match="cannot be read"):
-        pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
+    assert json.loads(cache.read_text()) == {"plain_sgd": {"ratio": 7.0, "of": "adamw"}}
+    # an entry's own keys do not override what is computed from it
+    shipped.write_text(json.dumps({"table": table.name, "optimizers": {
+        "plain_sgd": {"ratio": 2.5, "seconds": 1e-9, "shipped": False}}}))
+    price = pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
+    assert price["seconds"] == pytest.approx(table.optimizer_seconds("adamw") * 2.5) and price["shipped"] is True
+    def estimates(entry=None, **doc):
+        return json.dumps({"table": table.name, "optimizers": {"plain_sgd": entry}, **doc})
+
+    bad = [(estimates({"ratio": 0}), "finite positive ratio"), (estimates({"ratio": True}), "finite positive ratio"),
+           (estimates({"ratio": float("inf")}), "finite positive"), (estimates({"ratio": 2, "of": "sgd"}), "AdamW"),
+           (estimates(optimizers=[]), "not the estimates of table"),
+           (estimates({"ratio": 2}, table="another"), "not the estimates of table"),
+           ("[]", "not the estimates of table"), ("{not json", "cannot be read")]
+    for text, words in bad:  # refused, never skipped for a price measured here
+        shipped.write_text(text)
+        with pytest.raises(UsageError, match=words):
+            pricing.estimated_price(table, "plain_sgd", method, "bert", None, tmp_path / "data")
 
 
 def test_the_shipped_ratios_price_only_steps_their_table_does_not_and_say_where_they_were_measured():
@@ -262,3 +276,32 @@ def test_the_pricing_tool_measures_a_step_and_writes_what_the_runs_then_charge(b
     charged = run["rst_estimates"]["plain_sgd"]
     assert charged["shipped"] is True and charged["ratio"] == prices[table.name]["plain_sgd"]["ratio"]
     assert run["rst_breakdown"]["optimizer"] == pytest.approx(run["steps"] * charged["seconds"])
+    path.write_text("[]")
+    with pytest.raises(UsageError, match="not the estimates file"):
+        price_optimizers.write(prices, out)
+
+
+def test_a_resumed_run_pays_the_price_it_started_with(built_fixture, tmp_path, monkeypatch):
+    """The price is part of the run: a ratio shipped or re-measured while it was stopped does not change it."""
+    from ntng.training import loop, pricing
+    from ntng.training.rst import shipped_table
+    from ntng.training.spec import resolve
+
+    table = shipped_table("smoke", "bert")
+
+    def ship(ratio):
+        (tmp_path / f"{table.name}.json").write_text(json.dumps({"table": table.name, "optimizers": {
+            "plain_sgd": {"ratio": ratio, "of": "adamw"}}}))
+
+    monkeypatch.setattr(pricing, "shipped_path", lambda name: tmp_path / f"{name}.json")
+    ship(3.0)
+    spec = resolve("bert", "plugin_methods:PlainSGD", "1s", "tiny", 0, tmp_path / "run", data_dir=built_fixture[0])
+    partial = loop.Trainer(spec, log=lambda m: None).train(stop_after_steps=2)
+    assert partial["status"] == "running"
+    ship(30.0)
+    resumed = pretrain(model="bert", method="plugin_methods:PlainSGD", budget="1s", preset="tiny",
+                       data_dir=built_fixture[0], out_dir=tmp_path / "run", resume=True, log=lambda m: None)
+    price = resumed["rst_estimates"]["plain_sgd"]
+    assert resumed["status"] == "complete" and price["ratio"] == 3.0
+    assert resumed["rst_breakdown"]["optimizer"] == pytest.approx(resumed["steps"] * 3.0 * table.optimizer_seconds(
+        "adamw"))

@@ -240,6 +240,13 @@ def test_optimizer_steps_charged_by_estimate_are_listed_with_their_measured_time
         (run / "summary.json").write_text(json.dumps(summary))
     shipped = report.estimated_step_prices(run_table.load_runs(root, syn.PRESET).runs).iloc[0]
     assert (shipped["ratio from"], shipped["x AdamW"]) == ("shipped with the table", "1.50")
+    run = root / syn.PRESET / "bert" / "lion" / "5s" / "seed2"  # one run paid another price: a row of its own
+    summary = json.loads((run / "summary.json").read_text())
+    summary["rst_estimates"]["lion"].update(seconds=0.004, ratio=2.0, shipped=False)
+    (run / "summary.json").write_text(json.dumps(summary))
+    two = report.estimated_step_prices(run_table.load_runs(root, syn.PRESET).runs)
+    assert sorted(zip(two["x AdamW"], two["ratio from"], two["runs"], strict=True)) == [
+        ("1.50", "shipped with the table", 1), ("2.00", "measured by the first run", 1)]
     plain = run_table.load_runs(tmp_path / "none", syn.PRESET).runs
     assert report.estimated_steps_text(plain).startswith("*Every optimizer step")
     baseline_only = runs[runs["method"] == "baseline"].dropna(axis=1, how="all")

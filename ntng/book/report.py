@@ -401,17 +401,17 @@ def rst_tables_text(tables: pd.DataFrame, problems: list[str], table: RunTable) 
 
 
 def estimated_step_prices(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per RST table and optimizer step that the records charge by estimate (`ntng.training.pricing`): the
-    table's AdamW step, the price charged, their ratio, the wall seconds of both steps as measured (interleaved),
+    """One row per RST table, optimizer step and price that the records charge by estimate (`ntng.training.pricing`):
+    the table's AdamW step, the price charged, their ratio, the wall seconds of both steps as measured (interleaved),
     when, where the ratio came from (shipped with the table, or measured by the first run charged by it) and how many
-    runs paid it."""
+    runs paid it. Runs that paid different prices under one table get a row each."""
     columns = [c for c in runs.columns if c.startswith("estimate.") and c.endswith(".seconds")]
     rows = []
     for column in columns:
         key = column[len("estimate."):-len(".seconds")]
         prefix = f"estimate.{key}."
         charged = runs[runs[column].notna()]
-        for (model, table_name), g in charged.groupby(["model", "rst_table"]):
+        for (model, table_name, _), g in charged.groupby(["model", "rst_table", column], sort=True):
             first = g.iloc[0]
             price, ratio = float(first[column]), float(first.get(prefix + "ratio", math.nan))
             rows.append({

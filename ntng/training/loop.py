@@ -155,7 +155,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "step": self.run.step, "micro_step": self.run.micro_step, "tokens": self.tokens, "wall_s": self.wall_s,
             "evals": self.evals, "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
-            "layer_sum": self.layer_sum, "identity": self.spec.identity(),
+            "layer_sum": self.layer_sum, "identity": self.spec.identity(), "rst_estimates": self.rst_estimates,
         }
 
     def checkpoint(self) -> None:
@@ -169,6 +169,10 @@ class Trainer:
         self.run.model.load_state_dict(state["model"])
         self.run.optimizer.load_state_dict(state["optimizer"])
         self.run.clock.load_state_dict(state["clock"])
+        if state.get("rst_estimates"):  # a run pays the price it started with, whatever is shipped or cached now
+            self.rst_estimates = state["rst_estimates"]
+            self.run.clock.table = dataclasses.replace(self.spec.table, optimizer={
+                **self.spec.table.optimizer, **{k: v["seconds"] for k, v in self.rst_estimates.items()}})
         self.run.batches.load_state_dict(state["batches"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":

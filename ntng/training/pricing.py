@@ -13,6 +13,7 @@ used as it is.
 from __future__ import annotations
 
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -32,13 +33,14 @@ def shipped_path(table_name: str) -> Path:
 
 
 def _valid(entry) -> bool:
-    return isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0
+    ratio = entry.get("ratio") if isinstance(entry, dict) else None
+    return isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio) and ratio > 0
 
 
 def shipped_estimate(table_name: str, key: str, path: Path | None = None) -> dict | None:
-    """The ratio the package ships for the optimizer `key` under this table ({"optimizers": {key: entry}}), or None
-    where it ships none. A shipped file that cannot be read is refused, not skipped: skipping it would re-measure
-    here and charge some runs another price."""
+    """The ratio the package ships for the optimizer `key` under this table ({"table": name, "optimizers": {key:
+    entry}}), or None where it ships none. A shipped file that cannot be read, or is not such a file for this table,
+    is refused, not skipped: skipping it would measure here and charge some runs another price."""
     path = path or shipped_path(table_name)
     try:
         shipped = json.loads(path.read_text())
@@ -47,9 +49,13 @@ def shipped_estimate(table_name: str, key: str, path: Path | None = None) -> dic
     except (OSError, ValueError) as exc:
         raise UsageError(f"shipped RST estimates {path} cannot be read ({exc}): restore it from the package") from None
     optimizers = shipped.get("optimizers") if isinstance(shipped, dict) else None
-    entry = optimizers.get(key) if isinstance(optimizers, dict) else None
-    if entry is not None and not _valid(entry):
-        raise UsageError(f"shipped RST estimates {path}: the entry for {key!r} has no positive ratio")
+    if not isinstance(optimizers, dict) or shipped.get("table") != table_name:
+        raise UsageError(f"shipped RST estimates {path}: not the estimates of table {table_name!r} "
+                         f"(want {{\"table\": \"{table_name}\", \"optimizers\": {{...}}}})")
+    entry = optimizers.get(key)
+    if entry is not None and not (_valid(entry) and entry.get("of", "adamw") == "adamw"):
+        raise UsageError(f"shipped RST estimates {path}: the entry for {key!r} needs a finite positive ratio to "
+                         f"AdamW's step")
     return entry
 
 
@@ -82,8 +88,8 @@ def estimated_price(table, key: str, method, model_name: str, preset, data_dir: 
 
     shipped = shipped_estimate(table.name, key)
     if shipped is not None:
-        return {"seconds": table.optimizer_seconds("adamw") * shipped["ratio"], "estimate": True,
-                "table": table.name, "shipped": True, **shipped}
+        return {**shipped, "seconds": table.optimizer_seconds("adamw") * shipped["ratio"], "estimate": True,
+                "table": table.name, "shipped": True}
     path = cache_path(data_dir, table.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
@@ -104,5 +110,5 @@ def estimated_price(table, key: str, method, model_name: str, preset, data_dir: 
                 write_text_atomic(path, json.dumps(cached, indent=2) + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return {"seconds": table.optimizer_seconds("adamw") * entry["ratio"], "estimate": True, "table": table.name,
-            **entry}
+    return {**entry, "seconds": table.optimizer_seconds("adamw") * entry["ratio"], "estimate": True,
+            "table": table.name, "shipped": False}
