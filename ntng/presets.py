@@ -269,10 +269,16 @@ PRESETS: dict[str, Preset] = {
 # so every micro-batch is the one cpu's tables charge; at cpu's middle budget only. Sign-like updates (Lion, Sophia)
 # are known to need large batches: at 16 sequences they sit on the unigram plateau for the first ~120 s of RST
 # whatever their peak. The baseline's, Lion's and Sophia's peaks are re-tuned here by the same rule
-# (`ntng tune --preset cpu_batch64 --keys recipe.lr lr`), then run with the grid's seeds.
+# (`ntng tune --preset cpu_batch64 --keys recipe.lr lr`, results/tuning/cpu_batch64; a test holds these to it), then
+# run with the grid's seeds. Their other options are cpu's.
+_CPU = PRESETS["cpu"]
 PRESETS["cpu_batch64"] = replace(
-    PRESETS["cpu"], name="cpu_batch64",
-    bert=replace(PRESETS["cpu"].bert, grad_accum=4), t5=replace(PRESETS["cpu"].t5, grad_accum=4),
+    _CPU, name="cpu_batch64",
+    bert=replace(_CPU.bert, grad_accum=4), t5=replace(_CPU.t5, grad_accum=4),
+    bert_recipe=replace(_CPU.bert_recipe, lr=1.6e-2), t5_recipe=replace(_CPU.t5_recipe, lr=8e-2),
+    method_options={
+        "bert": {**_CPU.method_options["bert"], "lion": {"lr": 2.8e-3}, "sophia": {"rho": 5e-3, "lr": 1.6e-3}},
+        "t5": {**_CPU.method_options["t5"], "lion": {"lr": 1.2e-2}, "sophia": {"lr": 8e-3, "rho": 5e-3}}},
     budgets=("4m",), table_preset="cpu", book_finetune="largest",
     description="the reference CPU scale at 4x the batch (64 sequences), its middle budget: the optimizers' "
                 "batch-size control")
