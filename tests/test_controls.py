@@ -74,6 +74,9 @@ def test_the_batch_control_holds_the_optimizer_claim_at_both_batches(tmp_path):
     assert row["verdict at 4x batch"] == "inconclusive"
     assert row["peak lr (method / baseline), 4x batch"] == "0.003 / 0.016"
     assert "the larger batch changes the verdict" in sentences[0]
+    # one seed at 4x (the rest still running): no interval, so nothing is changed yet
+    _, early = controls.batch_control(small, large[large["seed"] == 1])
+    assert "cannot be judged yet" in early[0] and "changes" not in early[0]
 
 
 def test_no_control_records_give_an_empty_table():

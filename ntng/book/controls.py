@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ntng.book.run_table import label, method_order
-from ntng.book.verdicts import GAIN_MARGIN_NATS, judge, paired_cells, registry_claims
+from ntng.book.verdicts import GAIN_MARGIN_NATS, MIN_SEEDS, judge, paired_cells, registry_claims
 from ntng.presets import format_budget
 
 FULL_BASELINE = "baseline"
@@ -121,8 +121,12 @@ def batch_control(runs: pd.DataFrame, control_runs: pd.DataFrame, exclude_seeds=
                              "peak lr (method / baseline), 4x batch":
                                  " / ".join(_peaks(control_runs, model, m, budgets[0])
                                             for m in (method, FULL_BASELINE))})
+                at = f"**{label(method)}, {model}** at {', '.join(map(format_budget, budgets))}"
+                if not any(c.seeds >= MIN_SEEDS for c in large):  # too few seeds at 4x to judge: no change yet
+                    sentences.append(f"{at}: at the preset's batch the claim is *{v_small}*; at 4x the batch it "
+                                     f"cannot be judged yet ({why}), so the control does not decide anything yet.")
+                    continue
                 change = "does not change" if v_small == v_large else "changes"
-                sentences.append(f"**{label(method)}, {model}** at {', '.join(map(format_budget, budgets))}: at the "
-                                 f"preset's batch the claim is *{v_small}*; at 4x the batch *{v_large}* ({why}): the "
-                                 f"larger batch {change} the verdict.")
+                sentences.append(f"{at}: at the preset's batch the claim is *{v_small}*; at 4x the batch *{v_large}* "
+                                 f"({why}): the larger batch {change} the verdict.")
     return pd.DataFrame(rows), sentences
