@@ -133,6 +133,9 @@ class Preset:
     # the precision every run of the preset trains and evaluates in ("fp32" or "bf16"); None follows the host (bf16
     # where it runs natively). A reference preset pins it: hosts differ, and every seed of one grid must match
     precision: str | None = None
+    # the preset whose optimizer verdicts this one re-runs at a larger batch, so that its book shows this preset's
+    # records beside that one's as its batch-size control (ntng.book.controls); None: a preset of its own
+    batch_control_of: str | None = None
 
     def __post_init__(self):
         if self.precision not in (None, "fp32", "bf16"):
@@ -279,11 +282,9 @@ PRESETS["cpu_batch64"] = replace(
     method_options={
         "bert": {**_CPU.method_options["bert"], "lion": {"lr": 2.8e-3}, "sophia": {"rho": 5e-3, "lr": 1.6e-3}},
         "t5": {**_CPU.method_options["t5"], "lion": {"lr": 1.2e-2}, "sophia": {"lr": 8e-3, "rho": 5e-3}}},
-    budgets=("4m",), table_preset="cpu", book_finetune="largest",
+    budgets=("4m",), table_preset="cpu", book_finetune="largest", batch_control_of="cpu",
     description="the reference CPU scale at 4x the batch (64 sequences), its middle budget: the optimizers' "
                 "batch-size control")
-# preset -> its batch-size control, whose records the book holds beside the preset's own (ntng.book.controls)
-BATCH_CONTROLS = {"cpu": "cpu_batch64"}
 
 MODELS = ("bert", "t5")
 DEFAULT_PRESET = "smoke"
@@ -311,6 +312,8 @@ def load_custom_presets(path: str | Path) -> dict[str, Preset]:
             raise UsageError(f"{path}: each preset must be an object with a 'name'")
         entry = dict(entry)
         name, base_name = entry.pop("name"), entry.pop("base", DEFAULT_PRESET)
+        # a preset built on a control is not that control unless it says so
+        entry.setdefault("batch_control_of", None)
         if name in PRESETS:
             raise UsageError(f"{path}: preset {name!r} would replace a shipped preset")
         if base_name not in PRESETS:
@@ -325,6 +328,11 @@ def load_custom_presets(path: str | Path) -> dict[str, Preset]:
             out[name] = replace(base, name=name, table_preset=base.rst_preset, **nested, **entry)
         except TypeError as exc:
             raise UsageError(f"{path}: preset {name!r}: {exc}") from None
+    for name, preset in out.items():
+        if preset.batch_control_of is not None and (preset.batch_control_of not in {**PRESETS, **out}
+                                                    or preset.batch_control_of == name):
+            raise UsageError(f"{path}: preset {name!r}: batch_control_of must name another preset, got "
+                             f"{preset.batch_control_of!r}")
     return out
 
 
@@ -332,6 +340,11 @@ def all_presets() -> dict[str, Preset]:
     """The shipped presets plus any from $NTNG_PRESETS_FILE."""
     path = os.environ.get(PRESETS_FILE_ENV)
     return {**PRESETS, **load_custom_presets(path)} if path else dict(PRESETS)
+
+
+def batch_control_for(name: str) -> str | None:
+    """The preset that is `name`'s batch-size control (the first, shipped ones first), or None."""
+    return next((p.name for p in all_presets().values() if p.batch_control_of == name), None)
 
 
 def get_preset(name: str) -> Preset:

@@ -70,9 +70,9 @@ def curve(budget_s: float, final: float) -> list[tuple[float, float]]:
 
 
 def write_run(root: Path, model: str, method: str, budget: str, seed: int, status: str = "complete",
-              notebook: bool = False, stats: dict | None = None, rst_scale: float = 1.0) -> Path:
+              notebook: bool = False, stats: dict | None = None, rst_scale: float = 1.0, preset: str = PRESET) -> Path:
     budget_s = BUDGETS[budget]
-    run_dir = root / PRESET / model / method / budget / f"seed{seed}"
+    run_dir = root / preset / model / method / budget / f"seed{seed}"
     run_dir.mkdir(parents=True)
     final = final_loss(method, budget_s, seed)
     base = method.split("+", 1)[0]  # a variant (ntng.training.variants) records its method and its own name
@@ -81,7 +81,7 @@ def write_run(root: Path, model: str, method: str, budget: str, seed: int, statu
     if status != "complete":
         points = points[:4]
         steps = 6
-    config = {"model": model, "method": base, "variant": method, "method_meta": method_meta(base), "preset": PRESET, "seed": seed, "budget": budget,
+    config = {"model": model, "method": base, "variant": method, "method_meta": method_meta(base), "preset": preset, "seed": seed, "budget": budget,
               "budget_rst_s": budget_s, "rst_table": {"name": f"smoke-{model}-AMD_EPYC"},
               "method_card": CARD.get(base, ""), "precision": "bfloat16", "data": {"floor": FLOOR[model]},
               "versions": {"ntng": "0.1.0", "torch": "2.13.0"},
@@ -177,6 +177,23 @@ def write_tuning(root: Path) -> None:
         run_dir = root / "tuning" / PRESET / "bert" / run / "5s" / "seed0"
         run_dir.mkdir(parents=True)
         (run_dir / "summary.json").write_text(json.dumps({"status": "complete", "final_val_loss": loss}))
+
+
+# a batch-size control of PRESET (presets.batch_control_of), defined in a presets file as a user would: 4x the batch
+CONTROL_PRESET = "smoke_batch4x"
+CONTROL_PRESETS = [{"name": CONTROL_PRESET, "base": PRESET, "bert": {"grad_accum": 8}, "t5": {"grad_accum": 8},
+                    "budgets": ["10s"], "batch_control_of": PRESET}]
+
+
+def write_batch_control(root: Path) -> Path:
+    """The control's records (baseline, Lion, Sophia at its one budget, three seeds: none is a tuning seed there)
+    and the presets file that defines it; returns the file, for $NTNG_PRESETS_FILE."""
+    for method in ("baseline", "lion", "sophia"):
+        for seed in (1, 2, 3):
+            write_run(root, "bert", method, "10s", seed, preset=CONTROL_PRESET)
+    path = root.parent / "presets.json"  # beside the results, as a user's own file would be
+    path.write_text(json.dumps(CONTROL_PRESETS))
+    return path
 
 
 def write_results(root: Path) -> dict:

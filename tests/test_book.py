@@ -5,6 +5,7 @@ holds the numbers of the run directories."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from headless_chromium import Browser, find_chromium
 
 from ntng.book.build import build_book
+from ntng.presets import PRESETS_FILE_ENV
 
 # every <img> settled (loaded or failed), then naturalWidth per image
 IMAGES_JS = """(async () => {
@@ -70,9 +72,18 @@ def book(tmp_path_factory):
     root = tmp_path_factory.mktemp("book")
     results = root / "results"
     written = syn.write_results(results)
-    started = time.perf_counter()
-    index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=root / "out", log=print)
-    print(f"book built in {time.perf_counter() - started:.0f} s")
+    # the controls page's batch-size control: a preset of the user's own (the pages' kernels inherit the variable)
+    presets_file, before = syn.write_batch_control(results), os.environ.get(PRESETS_FILE_ENV)
+    os.environ[PRESETS_FILE_ENV] = str(presets_file)
+    try:
+        started = time.perf_counter()
+        index = build_book(preset=syn.PRESET, results=results, run_grid=False, out_dir=root / "out", log=print)
+        print(f"book built in {time.perf_counter() - started:.0f} s")
+    finally:
+        if before is None:
+            os.environ.pop(PRESETS_FILE_ENV)
+        else:
+            os.environ[PRESETS_FILE_ENV] = before
     with Browser(chromium) as browser:
         yield {"index": index, "results": results, "written": written, "browser": browser}
 
@@ -163,6 +174,19 @@ def test_figures_span_the_text_column_and_no_number_wraps_at_1280px(book):
     browser.evaluate("""(() => { const td = document.querySelector("main table td");
       td.innerText = "6.125 [6.100, 6.150]"; td.style.maxWidth = "1ch"; td.style.whiteSpace = "normal"; })()""")
     assert browser.evaluate(WRAPPED_NUMBERS_JS) == ["6.125 [6.100, 6.150]"]
+
+
+def test_the_controls_page_holds_the_optimizers_at_both_batch_sizes(book):
+    browser = book["browser"]
+    browser.open((book["index"].parent / "book" / "controls.html").as_uri())
+    tables = [t for t in browser.evaluate(TABLE_JS) if t and "sequences a step" in t[0]]
+    assert len(tables) == 1, "the batch-size control's table"
+    header, *rows = tables[0]
+    # smoke's BERT takes 16 x 2 sequences a step, the user's control 16 x 8; a row per optimizer and batch size
+    shown = {(r[header.index("method")], r[header.index("sequences a step")]) for r in rows}
+    assert shown == {(m, b) for m in ("Lion", "Sophia") for b in ("32", "128")}
+    text = browser.evaluate(TEXT_JS)
+    assert "the larger batch" in text and "baseline, bert" in text and "No records of the batch-size" not in text
 
 
 def _result_rows(browser) -> dict:

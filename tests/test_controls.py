@@ -66,17 +66,35 @@ def test_the_batch_control_holds_the_optimizer_claim_at_both_batches(tmp_path):
                        _runs({"baseline": base, "lion": [b + 0.5 for b in base]}, budget_s=120.0)])
     large = _runs({"baseline": base, "lion": [b + d for b, d in zip(base, (-0.01, 0.01, 0.0), strict=True)]},
                   budget_s=240.0, run_dirs=dirs)
-    table, sentences = controls.batch_control(small, large)
-    row = table.iloc[0]
-    assert row["budget"] == "4m"  # the control's budget only: the 2m runs of the preset do not count
+    table, sentences = controls.batch_control(small, large, batch_sizes={"bert": (16, 64)})
+    at16, at64 = (table[table["sequences a step"] == n].iloc[0] for n in (16, 64))
+    assert len(table) == 2 and {r["method"] for _, r in table.iterrows()} == {controls.label("lion")}
+    evidence = "minus baseline at 4m, mean [95% interval]"  # the control's budget only: the 2m runs do not count
     # +0.3 +- 4.303 * 0.1 / sqrt(3) = [+0.052, +0.548]: wholly above 0 at its one budget, "worse" holds
-    assert row["minus baseline, preset's batch"] == "4m: +0.300 [+0.052, +0.548]" and row["verdict"] == "held"
-    assert row["verdict at 4x batch"] == "inconclusive"
-    assert row["peak lr (method / baseline), 4x batch"] == "0.003 / 0.016"
+    assert at16[evidence] == "+0.300 [+0.052, +0.548]" and at16["verdict (worse)"] == "held"
+    assert at64["verdict (worse)"] == "inconclusive"
+    assert at64["peak lr (method / baseline)"] == "0.003 / 0.016"
+    assert at16["peak lr (method / baseline)"] == "- / -"  # the preset's runs here have no config to read
+    assert "at 16 a step, *inconclusive* at 64 a step" in sentences[0]
     assert "the larger batch changes the verdict" in sentences[0]
     # one seed at 4x (the rest still running): no interval, so nothing is changed yet
     _, early = controls.batch_control(small, large[large["seed"] == 1])
-    assert "cannot be judged yet" in early[0] and "changes" not in early[0]
+    assert "cannot be judged yet" in early[0] and "changes" not in early[0] and "the control's" in early[0]
+
+
+def test_the_baseline_at_both_batches_says_where_it_ends_against_its_floor():
+    small = _runs({"baseline": [5.0, 5.1, 5.2]}, budget_s=240.0)
+    # the tuning seed 0 is left out: 5.30, 5.31, 5.32 -> mean 5.31, 5.31 -+ 4.303 * 0.01 / sqrt(3) = [5.285, 5.335]
+    large = pd.concat([_runs({"baseline": [5.30, 5.31, 5.32]}, budget_s=240.0),
+                       _runs({"baseline": [9.0]}, budget_s=240.0).assign(seed=0)])
+    [sentence] = controls.baseline_at_both_batches(small, large, control_exclude_seeds={0},
+                                                   batch_sizes={"bert": (16, 64)}, floors={"bert": 5.25})
+    # 5.1 -+ 4.303 * 0.1 / sqrt(3) = [4.852, 5.348] at 16; the 64 mean is at or above the floor 5.25
+    assert "5.100 [4.852, 5.348] at 16 a step and 5.310 [5.285, 5.335] at 64 a step" in sentence
+    assert "floor is 5.250, so at 64 a step it has not left the floor" in sentence
+    [below] = controls.baseline_at_both_batches(small, large, control_exclude_seeds={0}, floors={"bert": 6.0})
+    assert "not left" not in below and "at the control's" in below
+    assert controls.baseline_at_both_batches(small, pd.DataFrame()) == []
 
 
 def test_no_control_records_give_an_empty_table():

@@ -307,6 +307,25 @@ def test_a_presets_method_options_are_the_methods_defaults_under_a_runs_settings
         load_custom_presets(path)
 
 
+def test_a_batch_size_control_names_the_preset_it_controls(tmp_path, monkeypatch):
+    from ntng.presets import PRESETS_FILE_ENV, batch_control_for
+
+    assert batch_control_for("cpu") == "cpu_batch64" and batch_control_for("smoke") is None
+    path = tmp_path / "presets.json"
+    # built on cpu_batch64 without saying so: not cpu's control; a user's own control of smoke
+    path.write_text(json.dumps([{"name": "mine", "base": "cpu_batch64"},
+                                {"name": "smoke_x4", "base": "smoke", "bert": {"grad_accum": 8},
+                                 "batch_control_of": "smoke"}]))
+    loaded = load_custom_presets(path)
+    assert loaded["mine"].batch_control_of is None and loaded["smoke_x4"].batch_control_of == "smoke"
+    monkeypatch.setenv(PRESETS_FILE_ENV, str(path))
+    assert batch_control_for("smoke") == "smoke_x4" and batch_control_for("cpu") == "cpu_batch64"
+    for target in ("nowhere", "self"):
+        path.write_text(json.dumps([{"name": "self", "base": "smoke", "batch_control_of": target}]))
+        with pytest.raises(UsageError, match="batch_control_of must name another preset"):
+            load_custom_presets(path)
+
+
 @pytest.mark.parametrize("preset", ["cpu", "cpu_batch64"])
 def test_the_reference_presets_defaults_are_what_its_committed_tuning_chose(preset):
     """The reference preset and its batch-size control: once a tuning is committed, the preset holds its choices."""
@@ -326,6 +345,11 @@ def test_the_book_rebuilds_its_pages_when_a_probe_or_tuning_record_changes(tmp_p
     after_probe = records_fingerprint(tmp_path, "smoke")
     syn.write_tuning(tmp_path)
     assert len({before, after_probe, records_fingerprint(tmp_path, "smoke")}) == 3
+    # the controls page reads the batch-size control's records beside the preset's own
+    cpu = records_fingerprint(tmp_path, "cpu")
+    (tmp_path / "cpu_batch64" / "bert").mkdir(parents=True)
+    (tmp_path / "cpu_batch64" / "bert" / "summary.json").write_text("{}")
+    assert records_fingerprint(tmp_path, "cpu") != cpu
 
 
 def test_the_budget_a_baseline_would_need_is_extrapolated_per_doubling():

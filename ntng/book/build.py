@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ntng.errors import RunError, UsageError
-from ntng.presets import MODELS, get_preset
+from ntng.presets import MODELS, batch_control_for, get_preset
 from ntng.resources import notebook as shipped_notebook
 from ntng.resources import project_root
 
@@ -201,7 +201,9 @@ def records_fingerprint(results: Path, preset: str) -> str:
     """Changes whenever a record the book reads (results/<preset>/, the probe's, the tuning's) or the code that
     reads them changes."""
     digest = hashlib.sha256(f"{Path(results).resolve()}|{preset}".encode())
-    for root in (Path(results) / preset, Path(results) / "probe", Path(results) / "tuning"):
+    control = batch_control_for(preset)  # its records stand beside the preset's on the controls page
+    for root in (Path(results) / preset, *([Path(results) / control] if control else []), Path(results) / "probe",
+                 Path(results) / "tuning"):
         if not root.is_dir():
             continue
         for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checkpoint.pt"):

@@ -176,6 +176,8 @@ def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> 
     def names(cs):
         return ", ".join(c.budget for c in cs)
 
+    of_all = f"of {len(counted)} budget{'s' if len(counted) != 1 else ''}"
+
     if expects == "not_better":
         if better:
             return (NOT_HELD, f"a reliable gain at {names(better)} (interval wholly below 0)",
@@ -191,9 +193,9 @@ def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> 
         if better:
             return (NOT_HELD, f"a reliable gain at {names(better)}", "more seeds moving the interval above 0")
         if 2 * len(worse) > len(counted):
-            return (HELD, f"reliably worse (interval wholly above 0) at {names(worse)} of {len(counted)} budgets, "
+            return (HELD, f"reliably worse (interval wholly above 0) at {names(worse)} {of_all}, "
                           "better at none", "intervals reaching 0 at most budgets")
-        return (INCONCLUSIVE, f"reliably worse at {len(worse)} of {len(counted)} budgets, better at none",
+        return (INCONCLUSIVE, f"reliably worse at {len(worse)} {of_all}, better at none",
                 "more seeds narrowing the intervals")
     if expects == "not_worse":
         if worse:
@@ -214,14 +216,14 @@ def judge(expects: str, cells: list[Cell], margin: float = GAIN_MARGIN_NATS) -> 
         if len(level) == len(counted):
             return (HELD, "at every budget the interval lies at or below 0: as good as runs given the multiple",
                     "an interval reaching above 0")
-        return (INCONCLUSIVE, f"as good as runs given the multiple at {len(level)} of {len(counted)} budgets, "
+        return (INCONCLUSIVE, f"as good as runs given the multiple at {len(level)} {of_all}, "
                               "reliably behind at none", "more seeds narrowing the intervals")
     if expects == "better":
         if worse:
             return (NOT_HELD, f"reliably worse at {names(worse)}", "more seeds moving the interval below 0")
         if len(better) == len(counted):
             return (HELD, "the interval lies wholly below 0 at every budget", "an interval reaching 0")
-        return (INCONCLUSIVE, f"reliably better at {len(better)} of {len(counted)} budgets",
+        return (INCONCLUSIVE, f"reliably better at {len(better)} {of_all}",
                 "more seeds narrowing the intervals")
     # gap_closes
     if len(counted) < 2:
