@@ -73,6 +73,7 @@ def test_variant_names_round_trip_and_sort_their_settings():
     assert flagged.run_flags() == {"free_hessian": True} and flagged.method_options() == {}
     assert variant_name("selective_backprop", {"free_scoring": True}) == "selective_backprop+free_scoring"
     assert describe("rho_loss+free_scoring") == "free scoring" and describe("baseline") == ""
+    assert describe("baseline+data_split=rho_main") == "on RHO-LOSS's 80%"  # the split in words, not its key
     assert parse_variant("baseline").name == "baseline" and not parse_variant("baseline").is_variant
 
 

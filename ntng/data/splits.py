@@ -17,6 +17,13 @@ DATA_SPLITS = {
     "rho_holdout": f"the {RHO_HOLDOUT_FRACTION:.0%} hold-out on which RHO-LOSS's irreducible-loss model trains",
 }
 
+# each split in a few words, for labels: `baseline+data_split=rho_main` reads "baseline (on RHO-LOSS's 80%)"
+SPLIT_LABELS = {
+    "full": "all the training windows",
+    "rho_main": f"RHO-LOSS's {1 - RHO_HOLDOUT_FRACTION:.0%}",
+    "rho_holdout": f"RHO-LOSS's {RHO_HOLDOUT_FRACTION:.0%} hold-out",
+}
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 

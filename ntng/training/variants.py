@@ -214,7 +214,15 @@ def base_method(name: str) -> str:
 
 
 def describe(name: str) -> str:
-    """The settings of a variant in words, for labels: 'free scoring', 'lr=0.0003' ('' for a plain method)."""
-    variant = parse_variant(name)
-    return ", ".join(k.replace("_", " ") if v is True and k in RUN_FLAGS else f"{k}={format_value(v)}"
-                     for k, v in variant.settings)
+    """The settings of a variant in words, for labels: 'free scoring', 'lr=0.0003', 'on RHO-LOSS's 80%' ('' for a
+    plain method)."""
+    from ntng.data.splits import SPLIT_LABELS  # here: the data wing (numpy) loads with a label, not on import
+
+    def words(key, value) -> str:
+        if value is True and key in RUN_FLAGS:
+            return key.replace("_", " ")
+        if key == DATA_SPLIT and value in SPLIT_LABELS:  # 'on RHO-LOSS's 80%', not 'data_split=rho_main'
+            return f"on {SPLIT_LABELS[value]}"
+        return f"{key}={format_value(value)}"
+
+    return ", ".join(words(k, v) for k, v in parse_variant(name).settings)
