@@ -374,6 +374,36 @@ def test_a_presets_method_options_join_the_run_identity_unless_the_run_sets_them
     assert "preset_method_options" not in plain.identity()  # identities of earlier runs are unchanged
 
 
+def test_a_presets_recipe_value_for_a_method_is_the_recipe_it_runs_with_unless_the_run_sets_it(tmp_path, built_fixture):
+    """A schedule that reuses the baseline's optimizer (warmup-stable-decay) is tuned on `recipe.lr`; the peak chosen
+    for it sits in method_options as `recipe.lr`, which moves that method's recipe only: what resolve hands the loop,
+    what the tuning grid is centred on and what the stale-run check compares."""
+    from dataclasses import replace
+
+    from ntng.training.spec import resolve, settings_in_force
+
+    data = built_fixture[0]
+    tiny = get_preset("tiny")
+    peak = tiny.bert_recipe.lr / 2
+    tuned = replace(tiny, method_options={"bert": {"warmup_stable_decay": {"recipe.lr": peak}}})
+    spec = resolve("bert", "warmup_stable_decay", "3s", tuned, out_dir=tmp_path / "a", data_dir=data)
+    assert spec.preset.bert_recipe.lr == peak and spec.variant == "warmup_stable_decay"
+    assert spec.identity()["preset_method_options"] == {"recipe.lr": peak}
+    assert build_method("warmup_stable_decay", "bert", tuned).tuning()["recipe.lr"] == [peak, peak / 2, peak * 2]
+    assert settings_in_force("bert", "warmup_stable_decay", tuned)["recipe"]["lr"] == peak
+    # the baseline and the other model keep the preset's recipe
+    assert resolve("bert", "baseline", "3s", tuned, out_dir=tmp_path / "b",
+                   data_dir=data).preset.bert_recipe.lr == tiny.bert_recipe.lr
+    assert build_method("warmup_stable_decay", "t5", tuned).recipe.lr == tiny.t5_recipe.lr
+    # a run's own peak is what runs (a tuning trial), and its identity is the one it had before the preset moved
+    own = resolve("bert", "warmup_stable_decay+recipe.lr=0.0005", "3s", tuned, out_dir=tmp_path / "c", data_dir=data)
+    assert own.preset.bert_recipe.lr == 0.0005 and "preset_method_options" not in own.identity()
+    assert settings_in_force("bert", "warmup_stable_decay+recipe.lr=0.0005", tuned)["recipe"]["lr"] == 0.0005
+    bad = replace(tiny, method_options={"bert": {"warmup_stable_decay": {"recipe.lr": -1.0}}})
+    with pytest.raises(UsageError, match=r"recipe.lr = -1.0 is out of range"):
+        resolve("bert", "warmup_stable_decay", "3s", bad, out_dir=tmp_path / "d", data_dir=data)
+
+
 def test_the_edge_is_not_followed_out_of_the_methods_range(tmp_path):
     """Muon's momentum chosen at 0.98 of (0.95, 0.9, 0.98): one factor further, 0.98 x 0.98 / 0.95 = 1.011, is not a
     momentum (Muon refuses it), so the axis ends at its edge; the plan may also be restricted to some keys."""

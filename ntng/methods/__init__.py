@@ -19,6 +19,7 @@ import re
 from importlib import metadata
 
 from ntng.errors import UsageError
+from ntng.presets import RECIPE_PREFIX, with_recipe
 from ntng.training.rst import EXTRA_KINDS
 
 from .base import Claim, Method, Run
@@ -122,6 +123,11 @@ def build_method(name: str, model: str, preset, **options) -> Method:
     them."""
     cls = find_method(name)
     options = {**preset.options_for(model, cls.name), **options}
+    # `recipe.FIELD` values (a peak tuned for this method, a variant's) change the training recipe it runs with: the
+    # built method's `preset` holds them
+    recipe = {key[len(RECIPE_PREFIX):]: options.pop(key) for key in [k for k in options if k.startswith(RECIPE_PREFIX)]}
+    if recipe:
+        preset = with_recipe(preset, model, recipe)
     try:
         return cls(model=model, preset=preset, **options)
     except UsageError:

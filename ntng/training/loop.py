@@ -22,7 +22,7 @@ from ntng.data.splits import DATA_SPLITS, select_split
 from ntng.errors import RunError, UsageError
 from ntng.methods import Method, Run, build_method
 from ntng.models.pretraining import build_model, count_parameters, model_config_dict
-from ntng.presets import Preset
+from ntng.presets import Preset, recipe_settings
 from ntng.training.device import autocast_dtype, describe_machine, package_versions, pick_device, precision_name
 from ntng.training.evaluation import EVAL_MASK_SEED, build_eval_set, mean_loss
 from ntng.training.pricing import estimated_price
@@ -53,8 +53,9 @@ class Trainer:
         preset, model_name = spec.preset, spec.model
         self.shape = preset.shape(model_name)
         self.recipe = preset.recipe(model_name)
+        # the variant's recipe values again, so that the preset's values for the method do not cover them
         self.method: Method = build_method(spec.method_spec or spec.method, model_name, preset,
-                                           **spec.method_options)
+                                           **{**spec.method_options, **recipe_settings(spec.recipe_overrides)})
         self.schedule = SCHEDULES[self.recipe.schedule]
         self.prepared = self.method.prepare(spec, log, pretrain=pretrain)  # e.g. RHO-LOSS's IL model: built once, reported apart
 

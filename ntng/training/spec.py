@@ -9,9 +9,7 @@ disk was made with the settings a preset gives it today (the sweep's stale-run c
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +20,12 @@ from ntng.data import corpus as data_mod
 from ntng.data.splits import DATA_SPLITS
 from ntng.errors import RunError, UsageError
 from ntng.methods import Method, build_method, find_method
-from ntng.presets import MODELS, Preset, format_budget, get_preset, parse_budget
+from ntng.presets import MODELS, Preset, format_budget, get_preset, parse_budget, recipe_settings
 from ntng.training.device import autocast_dtype, precision_name
 from ntng.training.evaluation import EVAL_MASK_SEED, SELECTION_RULE
 from ntng.training.records import RunDir
 from ntng.training.rst import RSTTable, load_table, shipped_table, shipped_table_path
-from ntng.training.variants import DATA_SPLIT, RECIPE_PREFIX, RUN_FLAGS, parse_variant, variant_name
+from ntng.training.variants import DATA_SPLIT, RUN_FLAGS, parse_variant, variant_name
 
 
 @dataclass
@@ -77,7 +75,7 @@ class PretrainSpec:
                 # made under others is another run
                 **({"preset_method_options": opts} if (opts := {
                     k: v for k, v in self.preset.options_for(self.model, self.method).items()
-                    if k not in self.method_options}) else {})}
+                    if k not in {**self.method_options, **recipe_settings(self.recipe_overrides)}}) else {})}
 
 
 def evaluation_in_force(preset: Preset, model: str) -> dict:
@@ -125,9 +123,10 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
         method_options[key] = value
     preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
     recipe_overrides = parsed.recipe_overrides()
-    if recipe_overrides:
-        preset_obj = with_recipe(preset_obj, model, recipe_overrides)
-    method_obj = build_method(method_spec, model, preset_obj, **method_options)  # validates its settings now
+    # validates its settings now; the preset it runs with holds its training recipe: the preset's own, the preset's
+    # values for the method (a tuned peak, `recipe.lr` in method_options) over it, the variant's over those
+    method_obj = build_method(method_spec, model, preset_obj, **{**method_options, **recipe_settings(recipe_overrides)})
+    preset_obj = method_obj.preset
     for kind in free_work:
         if kind not in method_obj.extra_work:
             raise UsageError(f"free_{kind}: method {method} does no {kind} passes, so there is nothing to make free")
@@ -137,7 +136,7 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     if data_split is None:
         data_split = named_split or method_obj.data_split
     variant = variant_name(method, {**method_options, **{f"free_{kind}": True for kind in free_work},
-        **{f"{RECIPE_PREFIX}{k}": v for k, v in recipe_overrides.items()},
+        **recipe_settings(recipe_overrides),
         # a run on other windows than its method's own is another run (and directory)
         **({DATA_SPLIT: data_split} if data_split != method_obj.data_split else {})})
     if data_split not in DATA_SPLITS:
@@ -186,52 +185,6 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
     return spec
 
 
-def recipe_value_ok(name: str, value) -> bool:
-    """The range a recipe field must lie in (ntng.presets.Recipe)."""
-    numbers = [float(v) for v in (value if isinstance(value, tuple) else (value,))
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if any(not math.isfinite(v) for v in numbers):
-        return False
-    if name == "betas":
-        return all(0.0 <= v < 1.0 for v in numbers)
-    if name in ("lr", "eps", "eval_points", "eval_sequences"):
-        return all(v > 0 for v in numbers)
-    if name == "checkpoint_every":
-        return all(0.0 < v <= 1.0 for v in numbers)
-    if name in ("weight_decay", "grad_clip"):
-        return all(v >= 0 for v in numbers)
-    return True
-
-
-def with_recipe(preset: Preset, model: str, overrides: dict) -> Preset:
-    """`preset` with the model's training recipe changed by `overrides` (field -> value); bad fields or values
-    are refused (UsageError)."""
-    recipe = preset.recipe(model)
-    fields = {f.name: f for f in dataclasses.fields(recipe)}
-    changes = {}
-    for name, value in overrides.items():
-        if name not in fields:
-            raise UsageError(f"recipe.{name}: the training recipe has no field {name!r} (it has "
-                             f"{', '.join(fields)})")
-        current = getattr(recipe, name)
-        if isinstance(current, (bool, str)):
-            ok = type(value) is type(current)
-        elif isinstance(current, tuple):
-            ok = isinstance(value, (list, tuple)) and len(value) == len(current)
-            value = tuple(value) if ok else value
-        elif isinstance(current, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:  # floats, and optional numbers (None = the default rule)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise UsageError(f"recipe.{name} = {value!r} does not fit the recipe's {name} ({current!r})")
-        if not recipe_value_ok(name, value):
-            raise UsageError(f"recipe.{name} = {value!r} is out of range")
-        changes[name] = value
-    key = "bert_recipe" if model == "bert" else "t5_recipe"
-    return dataclasses.replace(preset, **{key: dataclasses.replace(recipe, **changes)})
-
-
 # recipe fields that do not change what a run learns or reports (how often it checkpoints)
 UNRECORDED_RECIPE_FIELDS = ("checkpoint_every",)
 # the recipe's optimizer: a method that builds its own (Lion, Sophia, layer dropping's own peak) records the values it
@@ -245,9 +198,9 @@ def settings_in_force(model: str, method: str, preset: Preset) -> dict:
     from are in its settings) and the method's settings. Raises UsageError as
     `resolve` does."""
     parsed = parse_variant(method)
-    overrides = parsed.recipe_overrides()
-    preset_obj = with_recipe(preset, model, overrides) if overrides else preset
-    hooks = build_method(parsed.method, model, preset_obj, **parsed.method_options())
+    hooks = build_method(parsed.method, model, preset,
+                         **{**parsed.method_options(), **recipe_settings(parsed.recipe_overrides())})
+    preset_obj = hooks.preset  # with the recipe the method runs with (the preset's values for it, the variant's)
     # how a run is evaluated is compared with the rest of the evaluation (its own part, below)
     ignored = set(UNRECORDED_RECIPE_FIELDS) | {"eval_sequences", "eval_points"}
     if type(hooks).build_optimizer is not Method.build_optimizer:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from ntng.errors import UsageError
+from ntng.presets import RECIPE_PREFIX
 from ntng.training.rst import EXTRA_KINDS
 
 # a run flag per kind of extra work: `free_scoring`, `free_hessian` (the flag -> the kind of extra work it makes free)
@@ -29,7 +30,6 @@ DATA_SPLIT = "data_split"
 # the models the paper ran its ablations on (ntng.methods.paper_ablations), at the grid's middle budget
 ABLATION_MODELS = ("bert",)
 _KEY = re.compile(r"(recipe\.)?[a-z][a-z0-9_]*")  # a method option, or recipe.FIELD (ntng.presets.Recipe)
-RECIPE_PREFIX = "recipe."
 
 
 @dataclass(frozen=True)
