@@ -399,6 +399,9 @@ def test_a_presets_recipe_value_for_a_method_is_the_recipe_it_runs_with_unless_t
     own = resolve("bert", "warmup_stable_decay+recipe.lr=0.0005", "3s", tuned, out_dir=tmp_path / "c", data_dir=data)
     assert own.preset.bert_recipe.lr == 0.0005 and "preset_method_options" not in own.identity()
     assert settings_in_force("bert", "warmup_stable_decay+recipe.lr=0.0005", tuned)["recipe"]["lr"] == 0.0005
+    with pytest.raises(UsageError, match=r"recipe.lr is not a method option: name it in the method"):
+        resolve("bert", "warmup_stable_decay", "3s", tuned, out_dir=tmp_path / "e", data_dir=data,
+                method_options={"recipe.lr": 0.0005})
     bad = replace(tiny, method_options={"bert": {"warmup_stable_decay": {"recipe.lr": -1.0}}})
     with pytest.raises(UsageError, match=r"recipe.lr = -1.0 is out of range"):
         resolve("bert", "warmup_stable_decay", "3s", bad, out_dir=tmp_path / "d", data_dir=data)

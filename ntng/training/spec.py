@@ -20,7 +20,7 @@ from ntng.data import corpus as data_mod
 from ntng.data.splits import DATA_SPLITS
 from ntng.errors import RunError, UsageError
 from ntng.methods import Method, build_method, find_method
-from ntng.presets import MODELS, Preset, format_budget, get_preset, parse_budget, recipe_settings
+from ntng.presets import MODELS, RECIPE_PREFIX, Preset, format_budget, get_preset, parse_budget, recipe_settings
 from ntng.training.device import autocast_dtype, precision_name
 from ntng.training.evaluation import EVAL_MASK_SEED, SELECTION_RULE
 from ntng.training.records import RunDir
@@ -116,6 +116,9 @@ def resolve(model: str, method: str, budget: str | float, preset: str | Preset =
                          f"{', '.join(RUN_FLAGS.values())})")
     free_work = tuple(kind for flag, kind in RUN_FLAGS.items() if flags.get(flag))
     method_options = dict(method_options or {})
+    recipe_keys = [key for key in method_options if key.startswith(RECIPE_PREFIX)]
+    if recipe_keys:  # a recipe value is a variant's setting: it names the run (and its directory)
+        raise UsageError(f"{recipe_keys[0]} is not a method option: name it in the method ({method}+{recipe_keys[0]}=...)")
     for key, value in parsed.method_options().items():
         if key in method_options and method_options[key] != value:
             raise UsageError(f"method option {key} is given twice with different values ({method_options[key]!r} "
