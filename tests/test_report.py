@@ -119,6 +119,16 @@ def test_the_collapse_shrinks_with_the_budget_in_the_synthetic_grid(synthetic):
     assert "stacking" not in " ".join(report.trend_sentences(table, ["layer_stacking"], exclude_seeds={0, 1}))
 
 
+def test_the_gap_sentence_says_narrows_widens_stays_and_a_change_of_side():
+    assert report.gap_trend(-0.1, -0.025, 4) == "The gap narrows from 0.100 to 0.025 nats as the budget grows 4x."
+    assert report.gap_trend(-0.033, -0.048, 4) == "The gap widens from 0.033 to 0.048 nats as the budget grows 4x."
+    # equal as printed: 0.0151 and 0.0149 both read 0.015
+    assert report.gap_trend(-0.0151, -0.0149, 4) == "The gap stays at 0.015 nats as the budget grows 4x."
+    assert report.gap_trend(-0.039, 0.001, 4) == (
+        "The gap narrows from 0.039 to 0.001 nats and changes side (the mean below the baseline at the smallest "
+        "budget, above it at the largest) as the budget grows 4x.")
+
+
 def test_finetune_results_and_a_damaged_one(synthetic):
     _, _, table = synthetic
     scores = statistics.finetune_table(table.finetune).set_index(["model", "task", "method", "budget"])

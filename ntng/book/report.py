@@ -160,6 +160,18 @@ def _difference_words(row) -> str:
     return f"at {row['budget']} the difference is {mean:+.3f} ({low:+.3f} to {high:+.3f}), within noise"
 
 
+def gap_trend(first: float, last: float, growth: float) -> str:
+    """One sentence on how a method's mean difference to the baseline moves from the smallest budget (`first`) to
+    the largest (`last`, `growth` times the budget): the gap as printed (3 decimals) narrows, widens or stays, and
+    whether the mean crosses the baseline on the way."""
+    a, b = round(abs(first), 3), round(abs(last), 3)
+    change = f"stays at {a:.3f} nats" if a == b else f"{'narrows' if b < a else 'widens'} from {a:.3f} to {b:.3f} nats"
+    if first * last < 0:
+        change += (f" and changes side (the mean {'below' if first < 0 else 'above'} the baseline at the smallest "
+                   f"budget, {'below' if last < 0 else 'above'} it at the largest)")
+    return f"The gap {change} as the budget grows {growth:g}x."
+
+
 def trend_sentences(table: RunTable, methods, exclude_seeds=()) -> list[str]:
     """One generated sentence per model x method: its final validation loss against the baseline's at each budget
     (paired by seed, mean and 95% interval over the seeds not in `exclude_seeds`), and whether the gap narrows as
@@ -173,9 +185,7 @@ def trend_sentences(table: RunTable, methods, exclude_seeds=()) -> list[str]:
         first, last = g.iloc[0]["mean"], g.iloc[-1]["mean"]
         trend = ""
         if len(g) > 1:
-            narrows = abs(last) < abs(first)
-            trend = (f" The gap {'narrows' if narrows else 'does not narrow'} from {abs(first):.3f} to "
-                     f"{abs(last):.3f} nats as the budget grows {g.iloc[-1]['budget_rst_s'] / g.iloc[0]['budget_rst_s']:g}x.")
+            trend = " " + gap_trend(first, last, g.iloc[-1]["budget_rst_s"] / g.iloc[0]["budget_rst_s"])
         seeds = "-".join(map(str, sorted({int(g["seeds"].min()), int(g["seeds"].max())})))
         out.append(f"**{label(method)}, {model}** ({seeds} seed{'' if seeds == '1' else 's'}; 95% intervals): "
                    f"{steps}.{trend}")
@@ -442,8 +452,17 @@ def estimated_steps_text(runs: pd.DataFrame) -> str:
     frame = estimated_step_prices(runs)
     if frame.empty:
         return "*Every optimizer step in these records is priced by its RST table.*"
-    return (markdown_table(frame) + "\n\nAn RST table prices the optimizers it was calibrated with. A step it does "
-            "not list (an optimizer that joined through the method registry later) is charged the table's AdamW "
+    # the page's column is narrow: each pair of steps in one cell, the tables' long names in a sentence below
+    shown = pd.DataFrame({
+        "model": frame["model"], "methods (step)": frame["methods"] + " (" + frame["optimizer step"] + ")",
+        "RST s: AdamW → step": frame["AdamW step (RST s)"] + " → " + frame["charged (RST s)"],
+        "x AdamW": frame["x AdamW"],
+        "wall ms: AdamW → step": frame["measured AdamW (wall ms)"] + " → " + frame["measured step (wall ms)"],
+        "ratio": frame["ratio from"].str.replace(" with the table", "") + ", " + frame["measured on"],
+        "runs": frame["runs"]})
+    tables = "; ".join(f"{model}: {', '.join(sorted(set(g['RST table'])))}" for model, g in frame.groupby("model"))
+    return (markdown_table(shown) + f"\n\nThe RST tables: {tables}.\n\nAn RST table prices the optimizers it was "
+            "calibrated with. A step it does not list (an optimizer that joined through the method registry later) is charged the table's AdamW "
             "step times the ratio of the two steps' median wall times, measured on the preset's model in "
             "interleaved rounds: the ratio the package ships with the table where it ships one (measured once on "
             "a quiet host like the table's, so runs made on different hosts pay one price), else measured on the "

@@ -111,6 +111,9 @@ class WarmupStableDecay(Method):
         shown = table.assign(**{c: table[c].map(lambda x: f"{x:+.3f}") for c in table.columns if c.startswith("gap")})
         shown = shown.assign(**{c: shown[c].map(lambda x: f"{x:.0f}") for c in ("separate_rst_s", "branched_rst_s")})
         shown["saved"] = table["saved"].map(lambda x: f"{x:.0%}")
+        shown = shown.rename(columns={"separate_rst_s": "separate runs (RST s)",
+                                      "branched_rst_s": "one run + branches (RST s)", "saved": "RST saved",
+                                      **{c: f"loss {c} (nats)" for c in table.columns if c.startswith("gap")}})
         return ("**Branching.** One run of the largest budget whose stable phase is branched into the cool-downs of "
                 "the smaller budgets gives all of them; separate runs pay each budget in full. RST in seconds, from the "
                 "records; loss gap = branched cool-down minus the separate run of the same budget and seed (nats):",
