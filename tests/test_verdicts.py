@@ -177,3 +177,16 @@ def test_the_tuning_seed_is_read_from_the_tuning_plan(tmp_path):
     (tmp_path / "tuning" / "cpu").mkdir(parents=True)
     (tmp_path / "tuning" / "cpu" / "tuning.json").write_text(json.dumps({"seed": 0, "budget": "2m"}))
     assert tuning_seeds(tmp_path, "cpu") == {0}
+
+
+def test_a_claim_in_a_few_words_tells_claims_of_one_rule_apart():
+    from ntng.book.verdicts import claim_words
+
+    def row(expects, number="", at_fraction=1.0, against="baseline"):
+        return {"expects": expects, "number": number, "at_fraction": at_fraction, "against": against}
+
+    assert claim_words(row("speedup", "1.35x")) == "speed-up 1.35x"
+    assert claim_words(row("speedup")) == "k-fold speed-up"  # a speed-up claim without its own figure
+    assert claim_words(row("not_worse", at_fraction=0.25)) == "matches or beats at 25% of a run"
+    # held against another run than the baseline (a name without recorded metadata reads as itself)
+    assert claim_words(row("not_worse", against="my_method")) == "matches or beats vs my method"

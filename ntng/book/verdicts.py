@@ -248,8 +248,8 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
     """One row per claim x model with evidence: the claim, its source, the paired differences per budget, the
     verdict, the rule's reason and what would change it. `claims_of(method)` gives a method's claims (a method the
     registry does not know has none); `evals` (ntng.book.run_table's evaluation rows) evidences claims about a run part-way."""
-    cols = ["model", "method", "claim", "expects", "number", "source", "against", "evidence", "seeds", "verdict",
-            "why", "would_change"]
+    cols = ["model", "method", "claim", "expects", "number", "at_fraction", "source", "against", "evidence", "seeds",
+            "verdict", "why", "would_change"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -267,8 +267,7 @@ def claim_rows(runs: pd.DataFrame, claims_of, exclude_seeds=(), margin: float = 
                     continue
                 verdict, why, change = judge(claim.expects, cells, margin)
                 rows.append({"model": model, "method": name, "claim": claim.text, "expects": claim.expects,
-                             "number": claim.number,
-                             "source": claim.source,
+                             "number": claim.number, "at_fraction": claim.at_fraction, "source": claim.source,
                              "against": claim.against, "evidence": "; ".join(c.text() for c in cells),
                              "seeds": max(c.seeds for c in cells), "verdict": verdict, "why": why,
                              "would_change": change})
@@ -371,6 +370,18 @@ RULE_WORDS = {"not_better": "no gain", "worse": "worse", "better": "better", "no
               "gap_closes": "ahead early, level late", "speedup": "k-fold speed-up"}
 
 
+def claim_words(row) -> str:
+    """A claim in a few words for a table cell (a claim_rows row): its rule, its own figure for a speed-up, the point of
+    the run it is about if part-way, and what it is held against unless the baseline; "speed-up 1.35x",
+    "matches or beats at 50% of a run"."""
+    words = RULE_WORDS.get(row["expects"], row["expects"])
+    if row["expects"] == "speedup" and row["number"]:
+        words = f"speed-up {row['number']}"
+    if row["at_fraction"] < 1:
+        words += f" at {row['at_fraction']:.0%} of a run"
+    return words + (f" vs {label(row['against'])}" if row["against"] != "baseline" else "")
+
+
 def glance(results: str | Path, preset: str) -> str:
     """The results at a glance (markdown, computed from the records of results/<preset>): per method and model, its
     final validation loss minus the baseline's at each budget (mean over the seeds that count) and the verdicts of
@@ -391,8 +402,7 @@ def glance(results: str | Path, preset: str) -> str:
             if not cells:
                 continue
             mine = rows[(rows["method"] == method) & (rows["model"] == model)] if len(rows) else rows
-            claims = "; ".join(f"{RULE_WORDS.get(r, r)}" + (f" vs {label(a)}" if a != "baseline" else "") + f": {v}"
-                               for r, a, v in zip(mine["expects"], mine["against"], mine["verdict"], strict=True))
+            claims = "; ".join(f"{claim_words(r)}: {r['verdict']}" for _, r in mine.iterrows())
             counts = sorted({c.seeds for c in cells.values()})
             out.append({"method": label(method), "model": model.upper(),
                         "seeds": "-".join(map(str, sorted({counts[0], counts[-1]}))),
