@@ -261,3 +261,21 @@ def test_optimizer_steps_charged_by_estimate_are_listed_with_their_measured_time
     assert report.estimated_steps_text(plain).startswith("*Every optimizer step")
     baseline_only = runs[runs["method"] == "baseline"].dropna(axis=1, how="all")
     assert report.estimated_step_prices(baseline_only).empty
+
+
+def test_a_budget_only_the_baseline_ran_at_gets_no_panel_and_no_glance_column(tmp_path, monkeypatch):
+    """Baseline runs of a budget no method ran at (held against a claim about a run part-way) are records like any
+    other, but an empty panel in every chapter and an empty column in the glance would say nothing."""
+    from ntng.book import figures, verdicts
+
+    root = tmp_path / "results"
+    syn.write_results(root)
+    monkeypatch.setitem(syn.BUDGETS, "40s", 40.0)
+    for seed in (0, 1):
+        syn.write_run(root, "bert", "baseline", "40s", seed)
+    table = run_table.load_runs(root, syn.PRESET)
+    assert 40.0 in set(table.runs["budget_rst_s"])
+    titles = [ax.get_title() for ax in figures.loss_curves(table.evals, ["lion"]).axes if ax.get_title()]
+    assert "bert, budget 20s" in titles and not any("40s" in t for t in titles)
+    header = next(line for line in verdicts.glance(root, syn.PRESET).splitlines() if line.startswith("| method"))
+    assert "| 20s |" in header and "40s" not in header

@@ -172,7 +172,10 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
     if data.empty or not set(data["method"]) - {"baseline"}:
         return None
     data = data[data["model"].isin(_models(data))]
-    models, budgets = _models(data), _budgets(data)
+    # a panel per budget a method ran at: baseline runs of other budgets (held against part-way claims) stay out
+    budgets = _budgets(data[data["method"] != "baseline"])
+    data = data[data["budget_rst_s"].isin(budgets)]
+    models = _models(data)
     fig, axes = _grid(len(models), len(budgets))
     for i, model in enumerate(models):
         for j, budget in enumerate(budgets):

@@ -167,6 +167,8 @@ class ScheduleFreeAdamW(Method):
         Claim("matches or beats a tuned decay schedule of the same budget, with no schedule",
               "Defazio et al. 2024 (arXiv 2405.15682), Sections 1 and 4; Kasimbeg et al. 2025 (AlgoPerf)",
               "not_worse"),
+        Claim("needs no stopping time: three quarters of the way through a run it matches a run of three quarters of "
+              "the budget with a decay schedule", "Defazio et al. 2024, Section 1", "not_worse", at_fraction=0.75),
         Claim("needs no stopping time: half-way through a run it matches a run of half the budget with a decay "
               "schedule", "Defazio et al. 2024, Section 1", "not_worse", at_fraction=0.5),
         Claim("needs no stopping time: a quarter of the way through a run it matches a run of a quarter of the budget "
