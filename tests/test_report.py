@@ -279,3 +279,19 @@ def test_a_budget_only_the_baseline_ran_at_gets_no_panel_and_no_glance_column(tm
     assert "bert, budget 20s" in titles and not any("40s" in t for t in titles)
     header = next(line for line in verdicts.glance(root, syn.PRESET).splitlines() if line.startswith("| method"))
     assert "| 20s |" in header and "40s" not in header
+
+
+def test_the_runs_outside_the_default_grid_get_the_sweeps_that_make_them():
+    # preset cpu: budgets 2m 4m 8m, seeds 1 2 3; the default grid has no Muon, no variants, no 6m
+    rows = [("bert", "baseline", 120.0, 1), ("bert", "baseline", 360.0, 1), ("bert", "baseline", 360.0, 2),
+            ("t5", "baseline", 360.0, 1), ("t5", "baseline", 360.0, 2)]
+    rows += [(model, "muon", b, s) for model in ("bert", "t5") for b in (120.0, 240.0) for s in (1, 2)]
+    rows += [("bert", "sophia+free_hessian", 240.0, 1), ("bert", "muon", 480.0, 3)]
+    runs = pd.DataFrame(rows, columns=["model", "method", "budget_rst_s", "seed"])
+    head = ".venv/bin/ntng sweep --preset cpu --results R"
+    assert sorted(report.extra_sweep_commands(runs, "cpu", "R")) == sorted([
+        f"{head} --models bert t5 --methods baseline --budgets 6m --seeds 1 2",
+        f"{head} --models bert t5 --methods muon --budgets 2m 4m --seeds 1 2",
+        f"{head} --models bert --methods muon --budgets 8m --seeds 3",
+        f"{head} --models bert --methods sophia+free_hessian --budgets 4m --seeds 1"])
+    assert report.extra_sweep_commands(runs, "no_such_preset", "R") == []

@@ -24,7 +24,7 @@ from ntng.book.run_table import (
 )
 from ntng.book.statistics import difference_to_baseline, final_loss_table, floors, time_to_target
 from ntng.errors import UsageError
-from ntng.presets import format_budget, get_preset
+from ntng.presets import format_budget, get_preset, parse_budget
 from ntng.resources import shown_path
 from ntng.training.variants import base_method
 
@@ -497,6 +497,9 @@ def reproduce_text(table: RunTable) -> str:
                   f".venv/bin/ntng pretrain --model {example['model']} --method {example['method']} "
                   f"--budget {example['budget']} --preset {preset} --seed {example['seed']} --out {run_dir}",
                   f".venv/bin/ntng finetune --run {run_dir}"]
+    extra = extra_sweep_commands(table.runs, preset, results)
+    if extra:
+        lines += ["# the runs outside that grid (other methods, variants, budgets or seeds), as named sweeps:", *extra]
     lines.append("```")
     grid = ""
     if len(table.runs):
@@ -506,6 +509,45 @@ def reproduce_text(table: RunTable) -> str:
                 f"{', '.join(str(s) for s in sorted(set(table.runs['seed'])))}; RST tables "
                 f"{', '.join(f'`{t}`' for t in sorted(set(table.runs['rst_table'])) if t) or '-'}.")
     return "\n".join(lines) + grid
+
+
+def extra_sweep_commands(runs: pd.DataFrame, preset: str, results: str) -> list[str]:
+    """`ntng sweep` commands that make exactly the runs in `runs` the preset's default grid (each studied method on
+    its models, at the preset's budgets and seeds) does not: the methods the paper did not study, variants, extra
+    budgets or seeds. Cells go together in one command where they form a full models x methods x budgets x seeds
+    product. [] for a preset this checkout does not define."""
+    from ntng.methods import studied_methods
+
+    try:
+        spec = get_preset(preset)
+    except UsageError:
+        return []
+    if runs.empty:
+        return []
+    budgets, seeds = {parse_budget(b) for b in spec.budgets}, set(spec.seeds)
+    cells: dict[tuple[str, str, float], set[int]] = {}
+    for model, method, budget, seed in zip(runs["model"], runs["method"], runs["budget_rst_s"], runs["seed"],
+                                           strict=True):
+        if method in studied_methods(model) and budget in budgets and seed in seeds:
+            continue
+        cells.setdefault((model, method, float(budget)), set()).add(int(seed))
+    # merge step by step: budgets with the same seeds, then models, then methods with the same rest
+    by_budget: dict[tuple, list[float]] = {}
+    for (model, method, budget), found in cells.items():
+        by_budget.setdefault((model, method, tuple(sorted(found))), []).append(budget)
+    by_model: dict[tuple, list[str]] = {}
+    for (model, method, found), bs in by_budget.items():
+        by_model.setdefault((method, tuple(sorted(bs)), found), []).append(model)
+    by_method: dict[tuple, list[str]] = {}
+    for (method, bs, found), models in by_model.items():
+        by_method.setdefault((tuple(sorted(models)), bs, found), []).append(method)
+    lines = []
+    for (models, bs, found), methods in sorted(by_method.items(), key=lambda kv: (
+            min(method_order(m) for m in kv[1]), kv[0][1], kv[0][0])):
+        lines.append(f".venv/bin/ntng sweep --preset {preset} --results {results} --models {' '.join(models)} "
+                     f"--methods {' '.join(sorted(methods, key=method_order))} "
+                     f"--budgets {' '.join(format_budget(b) for b in bs)} --seeds {' '.join(map(str, found))}")
+    return lines
 
 
 def versions_text(table: RunTable) -> str:
