@@ -125,8 +125,11 @@ def test_the_gap_sentence_says_narrows_widens_stays_and_a_change_of_side():
     # equal as printed: 0.0151 and 0.0149 both read 0.015
     assert report.gap_trend(-0.0151, -0.0149, 4) == "The gap stays at 0.015 nats as the budget grows 4x."
     assert report.gap_trend(-0.039, 0.001, 4) == (
-        "The gap narrows from 0.039 to 0.001 nats and changes side (the mean below the baseline at the smallest "
-        "budget, above it at the largest) as the budget grows 4x.")
+        "The mean goes from 0.039 nats below the baseline to 0.001 above it as the budget grows 4x.")
+    assert report.gap_trend(-0.015, 0.015, 2) == (
+        "The mean goes from 0.015 nats below the baseline to 0.015 above it as the budget grows 2x.")
+    # a crossing too small to print is no crossing
+    assert report.gap_trend(-0.0004, 0.02, 4) == "The gap widens from 0.000 to 0.020 nats as the budget grows 4x."
 
 
 def test_finetune_results_and_a_damaged_one(synthetic):
@@ -279,6 +282,13 @@ def test_a_budget_only_the_baseline_ran_at_gets_no_panel_and_no_glance_column(tm
     assert "bert, budget 20s" in titles and not any("40s" in t for t in titles)
     header = next(line for line in verdicts.glance(root, syn.PRESET).splitlines() if line.startswith("| method"))
     assert "| 20s |" in header and "40s" not in header
+    layers = [ax.get_title() for ax in figures.active_layers(table.metrics(["baseline", "layer_stacking"])).axes]
+    assert "bert, budget 20s" in layers and not any("40s" in t for t in layers)
+    ticks = {t for ax in figures.final_loss(statistics.final_loss_table(table.runs), table.runs, ["lion"]).axes
+             for t in ax.get_xticks()}
+    assert 20.0 in ticks and 40.0 not in ticks
+    assert set(report.results_table(table, ["lion"])["budget"]) == {"5s", "10s", "20s"}
+    assert "40s" in set(report.results_table(table)["budget"])  # the table of every cell keeps it
 
 
 def test_the_runs_outside_the_default_grid_get_the_sweeps_that_make_them():
@@ -287,11 +297,12 @@ def test_the_runs_outside_the_default_grid_get_the_sweeps_that_make_them():
             ("t5", "baseline", 360.0, 1), ("t5", "baseline", 360.0, 2)]
     rows += [(model, "muon", b, s) for model in ("bert", "t5") for b in (120.0, 240.0) for s in (1, 2)]
     rows += [("bert", "sophia+free_hessian", 240.0, 1), ("bert", "muon", 480.0, 3)]
+    rows += [(model, "schedule_free", b, s) for model in ("bert", "t5") for b in (120.0, 240.0) for s in (1, 2)]
     runs = pd.DataFrame(rows, columns=["model", "method", "budget_rst_s", "seed"])
     head = ".venv/bin/ntng sweep --preset cpu --results R"
     assert sorted(report.extra_sweep_commands(runs, "cpu", "R")) == sorted([
         f"{head} --models bert t5 --methods baseline --budgets 6m --seeds 1 2",
-        f"{head} --models bert t5 --methods muon --budgets 2m 4m --seeds 1 2",
+        f"{head} --models bert t5 --methods muon schedule_free --budgets 2m 4m --seeds 1 2",  # one product
         f"{head} --models bert --methods muon --budgets 8m --seeds 3",
         f"{head} --models bert --methods sophia+free_hessian --budgets 4m --seeds 1"])
     assert report.extra_sweep_commands(runs, "no_such_preset", "R") == []

@@ -171,11 +171,8 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
     data = evals[evals["method"].isin(["baseline", *methods])].dropna(subset=["val_loss"])
     if data.empty or not set(data["method"]) - {"baseline"}:
         return None
-    data = data[data["model"].isin(_models(data))]
-    # a panel per budget a method ran at: baseline runs of other budgets (held against part-way claims) stay out
-    budgets = _budgets(data[data["method"] != "baseline"])
-    data = data[data["budget_rst_s"].isin(budgets)]
-    models = _models(data)
+    data = statistics.where_methods_ran(data)
+    models, budgets = _models(data), _budgets(data)
     fig, axes = _grid(len(models), len(budgets))
     for i, model in enumerate(models):
         for j, budget in enumerate(budgets):
@@ -199,10 +196,10 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
 def final_loss(finals: pd.DataFrame, runs: pd.DataFrame, methods) -> Figure | None:
     """Final validation loss per method x budget: the mean over seeds with its 95% t-interval (bars) and each
     seed (dots); a column per model."""
-    table = finals[finals["method"].isin(["baseline", *methods])].dropna(subset=["mean"])
+    table = statistics.where_methods_ran(finals[finals["method"].isin(["baseline", *methods])].dropna(subset=["mean"]))
     if table.empty or not set(table["method"]) - {"baseline"}:
         return None
-    complete = runs[runs["status"] == "complete"]
+    complete = statistics.where_methods_ran(runs[runs["status"] == "complete"])
     fig = _budget_intervals(table, complete, "final_val_loss", "final validation loss", _models(table), spread=0.12)
     floor_of = statistics.floors(runs)
     for ax, model in zip(fig.axes, _models(table), strict=False):
@@ -285,7 +282,7 @@ def active_layers(metrics: pd.DataFrame, full_depth: dict | None = None) -> Figu
     micro-batches), one line per run; a row per model, a column per budget."""
     data = metrics.dropna(subset=["active_layers"]) if not metrics.empty else metrics
     if not data.empty:
-        data = data[data["model"].isin(_models(data))]
+        data = statistics.where_methods_ran(data)
     if data.empty:
         return None
     models, budgets = _models(data), _budgets(data)

@@ -22,7 +22,13 @@ from ntng.book.run_table import (
     method_order,
     sort_frame,
 )
-from ntng.book.statistics import difference_to_baseline, final_loss_table, floors, time_to_target
+from ntng.book.statistics import (
+    difference_to_baseline,
+    final_loss_table,
+    floors,
+    time_to_target,
+    where_methods_ran,
+)
 from ntng.errors import UsageError
 from ntng.presets import format_budget, get_preset, parse_budget
 from ntng.resources import shown_path
@@ -103,6 +109,8 @@ def results_table(table: RunTable, methods=None) -> pd.DataFrame:
     diffs = difference_to_baseline(runs).set_index(["model", "method", "budget_rst_s"])
     speed = time_to_target(runs, table.evals)
     floor_of = floors(table.runs)  # nats below the context-free floor: what the runs learned beyond frequencies
+    if methods is not None:  # a chapter's table: the baseline where its methods ran
+        finals = where_methods_ran(finals)
     out = []
     for _, row in finals.iterrows():
         if methods is not None and row["method"] not in methods and row["method"] != "baseline":
@@ -162,13 +170,13 @@ def _difference_words(row) -> str:
 
 def gap_trend(first: float, last: float, growth: float) -> str:
     """One sentence on how a method's mean difference to the baseline moves from the smallest budget (`first`) to
-    the largest (`last`, `growth` times the budget): the gap as printed (3 decimals) narrows, widens or stays, and
-    whether the mean crosses the baseline on the way."""
+    the largest (`last`, `growth` times the budget): the gap as printed (3 decimals) narrows, widens or stays, or
+    the mean crosses the baseline on the way."""
     a, b = round(abs(first), 3), round(abs(last), 3)
+    if first * last < 0 and a and b:  # crosses the baseline: a gap that "stays" or "narrows" would hide that
+        return (f"The mean goes from {a:.3f} nats {'below' if first < 0 else 'above'} the baseline to {b:.3f} "
+                f"{'below' if last < 0 else 'above'} it as the budget grows {growth:g}x.")
     change = f"stays at {a:.3f} nats" if a == b else f"{'narrows' if b < a else 'widens'} from {a:.3f} to {b:.3f} nats"
-    if first * last < 0:
-        change += (f" and changes side (the mean {'below' if first < 0 else 'above'} the baseline at the smallest "
-                   f"budget, {'below' if last < 0 else 'above'} it at the largest)")
     return f"The gap {change} as the budget grows {growth:g}x."
 
 
@@ -458,7 +466,7 @@ def estimated_steps_text(runs: pd.DataFrame) -> str:
         "RST s: AdamW → step": frame["AdamW step (RST s)"] + " → " + frame["charged (RST s)"],
         "x AdamW": frame["x AdamW"],
         "wall ms: AdamW → step": frame["measured AdamW (wall ms)"] + " → " + frame["measured step (wall ms)"],
-        "ratio": frame["ratio from"].str.replace(" with the table", "") + ", " + frame["measured on"],
+        "ratio": frame["ratio from"].str.replace(" with the table", "") + " (measured " + frame["measured on"] + ")",
         "runs": frame["runs"]})
     tables = "; ".join(f"{model}: {', '.join(sorted(set(g['RST table'])))}" for model, g in frame.groupby("model"))
     return (markdown_table(shown) + f"\n\nThe RST tables: {tables}.\n\nAn RST table prices the optimizers it was "

@@ -20,6 +20,14 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def where_methods_ran(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows at a model and budget where a method other than the baseline ran: baseline runs of other budgets
+    (held against claims about a run part-way) would be panels, points or rows with nothing to compare."""
+    ran = frame[frame["method"] != "baseline"]
+    keys = set(zip(ran["model"], ran["budget_rst_s"], strict=True))
+    return frame[[k in keys for k in zip(frame["model"], frame["budget_rst_s"], strict=True)]]
+
+
 def t_quantile_975(df: int) -> float:
     if df < 1:
         return math.nan
