@@ -306,3 +306,14 @@ def test_the_runs_outside_the_default_grid_get_the_sweeps_that_make_them():
         f"{head} --models bert --methods muon --budgets 8m --seeds 3",
         f"{head} --models bert --methods sophia+free_hessian --budgets 4m --seeds 1"])
     assert report.extra_sweep_commands(runs, "no_such_preset", "R") == []
+
+
+def test_the_legend_names_a_method_that_ran_at_some_budgets_only(synthetic):
+    # the free-scoring variant ran at 10s alone: the first panel (5s) has no line of it, the legend must still say it
+    from ntng.book import figures
+
+    _, _, table = synthetic
+    fig = figures.loss_curves(table.evals, ["selective_backprop", syn.VARIANT])
+    names = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert names[:2] == ["baseline", "selective backprop"]
+    assert "selective backprop (free scoring)" in names and len(names) == len(set(names))

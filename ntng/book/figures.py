@@ -71,7 +71,13 @@ def _grid(nrows: int, ncols: int, height: float = 3.2, sharey: bool | str = Fals
 
 def _legend_outside(fig: Figure, ax, title: str = "method") -> None:
     """One legend for the figure, below the panels: a legend at the side would take a third of the column."""
-    handles, labels = ax.get_legend_handles_labels()
+    # every panel's entries, once each: a method (a branched variant) may run at some budgets only
+    found: dict[str, object] = {}
+    for a in [ax, *fig.axes]:
+        for handle, name in zip(*a.get_legend_handles_labels(), strict=True):
+            found.setdefault(name, handle)
+    labels = sorted(found, key=method_order)
+    handles = [found[name] for name in labels]
     for a in fig.axes:
         if a.get_legend() is not None:
             a.get_legend().remove()
