@@ -317,3 +317,13 @@ def test_the_legend_names_a_method_that_ran_at_some_budgets_only(synthetic):
     names = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert names[:2] == ["baseline", "selective backprop"]
     assert "selective backprop (free scoring)" in names and len(names) == len(set(names))
+
+
+def test_a_legend_of_two_sections_keeps_them_in_order(synthetic):
+    # wall against RST: seaborn's "method" and "status" headings each head their own entries, across both panels
+    from ntng.book import figures
+
+    _, _, table = synthetic
+    names = [t.get_text() for legend in figures.wall_vs_rst(table.runs).legends for t in legend.get_texts()]
+    assert names[0] == "method" and names.index("status") > names.index("baseline")
+    assert names.index("complete") > names.index("status") and len(names) == len(set(names))

@@ -69,14 +69,18 @@ def _grid(nrows: int, ncols: int, height: float = 3.2, sharey: bool | str = Fals
     return fig, axes
 
 
-def _legend_outside(fig: Figure, ax, title: str = "method") -> None:
-    """One legend for the figure, below the panels: a legend at the side would take a third of the column."""
-    # every panel's entries, once each: a method (a branched variant) may run at some budgets only
+def _legend_outside(fig: Figure, title: str = "method") -> None:
+    """One legend for the figure, below the panels: a legend at the side would take a third of the column. It has
+    every panel's entries once: a method (a branched variant) may run at some budgets only."""
+    labels: list[str] = []
     found: dict[str, object] = {}
-    for a in [ax, *fig.axes]:
+    for a in fig.axes:  # merged in panel order: an entry new in a later panel goes after the one it follows there
+        previous = None
         for handle, name in zip(*a.get_legend_handles_labels(), strict=True):
-            found.setdefault(name, handle)
-    labels = sorted(found, key=method_order)
+            if name not in found:
+                found[name] = handle
+                labels.insert(labels.index(previous) + 1 if previous is not None else 0, name)
+            previous = name
     handles = [found[name] for name in labels]
     for a in fig.axes:
         if a.get_legend() is not None:
@@ -158,7 +162,7 @@ def _budget_intervals(table: pd.DataFrame, seeds: pd.DataFrame, value: str, ylab
             _seed_dots(ax, dots["budget_rst_s"] * 2 ** offsets[method], dots[value], method)
         _budget_axis(ax, _budgets(part))
         ax.set(title=model, xlabel="RST budget", ylabel=ylabel)
-    _legend_outside(fig, axes[0][0])
+    _legend_outside(fig)
     return fig
 
 
@@ -195,7 +199,7 @@ def loss_curves(evals: pd.DataFrame, methods, floors: dict | None = None) -> Fig
                 low, high = later.min(), max(later.max(), floor if floor is not None and math.isfinite(floor) else -math.inf)
                 ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="RST (s)", ylabel="validation loss")
-    _legend_outside(fig, axes[0][0])
+    _legend_outside(fig)
     return fig
 
 
@@ -255,7 +259,7 @@ def speedup(speed: pd.DataFrame, methods) -> Figure | None:
         ax.set_yscale("log", base=2)
         _budget_axis(ax, _budgets(part))
         ax.set(title=model, xlabel="RST budget", ylabel="speed-up vs baseline (x)")
-    _legend_outside(fig, axes[0][0])
+    _legend_outside(fig)
     return fig
 
 
@@ -279,7 +283,7 @@ def wall_vs_rst(runs: pd.DataFrame, methods=None) -> Figure | None:
         top = max(part["rst_s"].max(), part["wall_s"].max()) * 1.05
         ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
         ax.set(title=model, xlabel="RST charged (s)", ylabel="wall clock (s)", xlim=(0, top), ylim=(0, top))
-    _legend_outside(fig, axes[0][0], title="")
+    _legend_outside(fig, title="")
     return fig
 
 
@@ -303,7 +307,7 @@ def active_layers(metrics: pd.DataFrame, full_depth: dict | None = None) -> Figu
                              alpha=0.8)
             ax.set(title=f"{model}, budget {_budget_label(budget)}", xlabel="fraction of the RST budget",
                    ylabel="active layers", xlim=(0, 1))
-    _legend_outside(fig, axes[0][0])
+    _legend_outside(fig)
     return fig
 
 
@@ -328,7 +332,7 @@ def keep_rates(runs: pd.DataFrame, methods) -> Figure | None:
         sns.stripplot(data=part, x="budget", y="stat.keep_rate", hue="method", order=order, hue_order=hue_order,
                       palette=palette_for(hue_order), dodge=True, color="black", size=4, ax=ax, legend=False)
         ax.set(title=model, xlabel="RST budget", ylabel="keep rate", ylim=(0, 1))
-    _legend_outside(fig, axes[0][0])
+    _legend_outside(fig)
     return fig
 
 
@@ -357,7 +361,7 @@ def downstream(table: pd.DataFrame) -> Figure | None:
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1.5, label="floor")
         _budget_axis(ax, _budgets(part))
         ax.set(title=f"{model}: {task}", xlabel="pre-training budget (RST)", ylabel=part["metric"].iloc[0])
-    _legend_outside(fig, axes[0][0], title="")
+    _legend_outside(fig, title="")
     return fig
 
 

@@ -533,10 +533,11 @@ def extra_sweep_commands(runs: pd.DataFrame, preset: str, results: str) -> list[
     if runs.empty:
         return []
     budgets, seeds = {parse_budget(b) for b in spec.budgets}, set(spec.seeds)
+    studied = {model: set(studied_methods(model)) for model in set(runs["model"])}
     cells: dict[tuple[str, str, float], set[int]] = {}
     for model, method, budget, seed in zip(runs["model"], runs["method"], runs["budget_rst_s"], runs["seed"],
                                            strict=True):
-        if method in studied_methods(model) and budget in budgets and seed in seeds:
+        if method in studied[model] and budget in budgets and seed in seeds:
             continue
         cells.setdefault((model, method, float(budget)), set()).add(int(seed))
     # merge step by step: budgets with the same seeds, then models, then methods with the same rest

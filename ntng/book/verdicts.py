@@ -42,7 +42,7 @@ import pandas as pd
 
 from ntng.book.report import markdown_table
 from ntng.book.run_table import label, method_order
-from ntng.book.statistics import mean_ci
+from ntng.book.statistics import mean_ci, where_methods_ran
 from ntng.presets import format_budget
 
 # The smallest gain the verdicts treat as a gain worth having, in nats of validation loss. Three paired seeds
@@ -394,8 +394,8 @@ def glance(results: str | Path, preset: str) -> str:
     if runs.empty:
         return f"*No run records under {Path(results) / preset} yet.*"
     rows = claim_rows(runs, registry_claims, excluded, evals=table.evals)
-    budgets = sorted(set(runs["budget_rst_s"]))
-    budget_columns = {format_budget(b) for b in budgets}
+    # a budget only the baseline ran at (held against claims about a run part-way) has no column of its own
+    budgets = sorted(set(where_methods_ran(runs)["budget_rst_s"]))
     out = []
     for method in sorted(set(runs["method"]) - {"baseline"}, key=method_order):
         for model in sorted(set(runs[runs["method"] == method]["model"])):
@@ -409,13 +409,10 @@ def glance(results: str | Path, preset: str) -> str:
                         "seeds": "-".join(map(str, sorted({counts[0], counts[-1]}))),
                         **{f"{format_budget(b)}": (f"{cells[b].mean:+.3f}" if b in cells else "") for b in budgets},
                         "claims held to the records": claims})
-    frame = pd.DataFrame(out)
-    # a budget only the baseline ran at (held against claims about a run part-way) has no column of its own
-    frame = frame[[c for c in frame.columns if c not in budget_columns or (frame[c] != "").any()]]
     seeds = sorted(set(runs["seed"]) - excluded)
     return (f"Final validation loss minus the baseline's (nats; below 0 is better), paired by seed and averaged over "
             f"the seeds each cell has (`seeds`) of seed(s) {', '.join(map(str, seeds)) or 'none'}, at preset `{preset}`"
             + (f" (seed {', '.join(map(str, sorted(excluded)))}, the tuning's, decides nothing)" if excluded else "")
             + f". A verdict needs {MIN_SEEDS} or more seeds; the book's *What held* gives each with its interval.\n\n"
-            + markdown_table(frame))
+            + markdown_table(pd.DataFrame(out)))
 
